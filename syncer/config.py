@@ -1,0 +1,503 @@
+"""Load and validate the TOML configuration into frozen settings objects.
+
+Every problem is collected with its key path (``registries[2].path``) and
+reported at once, so a user fixes a config in one round trip. Environment
+fallbacks (``VAULT_ADDR`` and friends) are applied here, from a mapping the
+caller passes in: nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+AUTH_METHODS = ("token", "approle", "kubernetes")
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid. ``problems`` holds one ``path: message`` per fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class VaultAuthSettings:
+    """How the syncer logs in to Vault."""
+
+    method: str = "kubernetes"
+    """``token``, ``approle`` or ``kubernetes``."""
+    mount: str = ""
+    """Auth mount path; empty means the method's own name."""
+    token_file: str = ""
+    """token: file holding the token (re-read at each login)."""
+    token: str = field(default="", repr=False)
+    """token: the ``VAULT_TOKEN`` fallback when no token_file is set. Never printed."""
+    role_id: str = ""
+    """approle: the role ID."""
+    secret_id_file: str = ""
+    """approle: file holding the secret ID."""
+    role: str = ""
+    """kubernetes: the Vault role bound to the syncer's ServiceAccount."""
+    jwt_file: str = DEFAULT_JWT_FILE
+    """kubernetes: the projected ServiceAccount token presented to Vault."""
+
+    @property
+    def mount_path(self) -> str:
+        """The auth mount actually used."""
+        return self.mount or self.method
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    """Where credentials live."""
+
+    address: str
+    """Vault URL, e.g. ``https://vault.example.com:8200``."""
+    namespace: str = ""
+    """Vault Enterprise / OpenBao namespace; empty for none."""
+    ca_cert: str = ""
+    """PEM bundle to verify Vault's TLS certificate; empty uses system CAs."""
+    kv_mount: str = "secret"
+    """Mount point of the KV engine."""
+    kv_version: int = 2
+    """KV engine version, 1 or 2."""
+    timeout: float = 10.0
+    """Seconds per Vault request."""
+    auth: VaultAuthSettings = field(default_factory=VaultAuthSettings)
+    """Login method and its parameters."""
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """How to reach the Kubernetes API."""
+
+    kubeconfig: str = ""
+    """Path to a kubeconfig; empty = in-cluster when available, else KUBECONFIG/~/.kube/config."""
+    context: str = ""
+    """kubeconfig context; empty = current context."""
+    timeout: float = 15.0
+    """Seconds per API request."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How new credentials are proven before they are written."""
+
+    enabled: bool = True
+    """Probe registries at all."""
+    timeout: float = 10.0
+    """Seconds per HTTP request of a probe."""
+    ca_cert: str = ""
+    """Extra PEM bundle trusted for registries (added to the system CAs)."""
+    verify_before_write: bool = True
+    """Refuse to write credentials the registry rejects."""
+    retries: int = 2
+    """Retries for timeouts, 429 and 5xx (never for 401/403)."""
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """When the daemon runs."""
+
+    interval: float = 300.0
+    """Seconds between runs."""
+    jitter: float = 30.0
+    """Random extra delay, up to this many seconds, to spread load."""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Where the daemon serves /metrics, /healthz and /readyz."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - in-cluster scrape target
+    """Listen address."""
+    port: int = 9102
+    """Listen port."""
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Behaviour of one sync cycle."""
+
+    conflict_retries: int = 5
+    """How often a write is re-read and re-merged after a 409 Conflict."""
+    concurrency: int = 16
+    """Upper bound on parallel Vault reads, probes and target writes."""
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """One registry whose login lives in Vault."""
+
+    host: str
+    """The key written under ``auths`` (may carry a port or be the Docker Hub URL)."""
+    path: str
+    """KV path below ``vault.kv_mount``."""
+    username_key: str = "username"
+    """Field of the KV secret holding the username."""
+    password_key: str = "password"
+    """Field of the KV secret holding the password."""
+    username: str = ""
+    """Fixed username when Vault holds only the password (``$oauthtoken`` for NGC)."""
+    email: str = ""
+    """Optional ``email`` written into the entry."""
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """One Kubernetes secret kept in sync."""
+
+    namespace: str
+    """Namespace of the secret."""
+    name: str
+    """Name of the secret."""
+    registries: tuple[str, ...] = ()
+    """Hosts managed in this secret; empty means every configured registry."""
+    create: bool = False
+    """Create the secret (type kubernetes.io/dockerconfigjson) when missing."""
+
+    @property
+    def ref(self) -> str:
+        """``namespace/name``, for logs and summaries."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole validated configuration."""
+
+    vault: VaultSettings
+    """Vault connection and login."""
+    registries: tuple[RegistrySettings, ...]
+    """Registries to sync."""
+    targets: tuple[TargetSettings, ...]
+    """Secrets to keep in sync."""
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
+    """Kubernetes API access."""
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    """Login verification."""
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    """Daemon cadence."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    """Metrics and health endpoint."""
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    """Cycle behaviour."""
+
+    def hosts_for(self, target: TargetSettings) -> tuple[str, ...]:
+        """The registry hosts a target manages."""
+        return target.registries or tuple(r.host for r in self.registries)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+_HOST = re.compile(r"^(https://)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?(/[^\s]*)?$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def parse_duration(value: object) -> float:
+    """``"90s"``, ``"5m"``, ``"1h30m"``, ``"250ms"`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match and any(match.groups()):
+            h, m, s, ms = (int(g or 0) for g in match.groups())
+            return h * 3600 + m * 60 + s + ms / 1000
+    raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
+
+
+class _Section:
+    """Typed access to one TOML table that records problems instead of raising."""
+
+    def __init__(self, data: object, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        self.data: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+        self.seen: set[str] = set()
+        if not isinstance(data, Mapping):
+            self.problem("", "must be a table")
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def problem(self, name: str, message: str) -> None:
+        self.problems.append(f"{self.key(name) if name else self.path}: {message}")
+
+    def _get(self, name: str, default: Any, types: tuple[type, ...], what: str) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if isinstance(value, bool) and bool not in types:
+            self.problem(name, f"must be {what}")
+            return default
+        if not isinstance(value, types):
+            self.problem(name, f"must be {what}")
+            return default
+        return value
+
+    def str(self, name: str, default: str = "") -> str:
+        return str(self._get(name, default, (str,), "a string"))
+
+    def bool(self, name: str, default: bool) -> bool:
+        return bool(self._get(name, default, (bool,), "true or false"))
+
+    def int(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        value = int(self._get(name, default, (int,), "an integer"))
+        if not minimum <= value <= maximum:
+            self.problem(name, f"must be between {minimum} and {maximum}")
+            return default
+        return value
+
+    def duration(self, name: str, default: float, positive: bool = True) -> float:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        try:
+            value = parse_duration(self.data[name])
+        except ValueError as exc:
+            self.problem(name, str(exc))
+            return default
+        if positive and value <= 0:
+            self.problem(name, "must be greater than zero")
+            return default
+        return value
+
+    def str_list(self, name: str) -> tuple[str, ...]:
+        value = self._get(name, [], (list,), "a list of strings")
+        if not all(isinstance(v, str) for v in value):
+            self.problem(name, "must be a list of strings")
+            return ()
+        return tuple(value)
+
+    def table(self, name: str) -> _Section:
+        self.seen.add(name)
+        return _Section(self.data.get(name, {}), self.key(name), self.problems)
+
+    def table_list(self, name: str) -> list[_Section]:
+        value = self._get(name, [], (list,), "an array of tables ([[" + name + "]])")
+        return [_Section(item, f"{self.key(name)}[{i}]", self.problems) for i, item in enumerate(value)]
+
+    def finish(self) -> None:
+        """Report keys nobody asked for: usually typos."""
+        for unknown in sorted(set(self.data) - self.seen):
+            self.problem(unknown, "unknown key")
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _vault_auth(sec: _Section, env: Mapping[str, str]) -> VaultAuthSettings:
+    method = sec.str("method", "kubernetes")
+    if method not in AUTH_METHODS:
+        sec.problem("method", f"must be one of {', '.join(AUTH_METHODS)} (got {method!r})")
+    auth = VaultAuthSettings(
+        method=method,
+        mount=sec.str("mount").strip("/"),
+        token_file=sec.str("token_file"),
+        token="" if "token_file" in sec.data else env.get("VAULT_TOKEN", ""),
+        role_id=sec.str("role_id"),
+        secret_id_file=sec.str("secret_id_file"),
+        role=sec.str("role"),
+        jwt_file=sec.str("jwt_file", DEFAULT_JWT_FILE),
+    )
+    required: dict[str, tuple[str, ...]] = {
+        "approle": ("role_id", "secret_id_file"),
+        "kubernetes": ("role", "jwt_file"),
+    }
+    for key in required.get(method, ()):
+        if not getattr(auth, key):
+            sec.problem(key, f"is required when method = {method!r}")
+    if method == "token" and not (auth.token_file or auth.token):
+        sec.problem("token_file", "is required when method = 'token' and VAULT_TOKEN is unset")
+    sec.finish()
+    return auth
+
+
+def _url(sec: _Section, name: str, value: str) -> None:
+    if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        sec.problem(name, f"must be an http(s) URL (got {value!r})")
+
+
+def _vault(sec: _Section, env: Mapping[str, str]) -> VaultSettings:
+    address = sec.str("address") or env.get("VAULT_ADDR", "")
+    if not address:
+        sec.problem("address", "is required (or set VAULT_ADDR)")
+    _url(sec, "address", address)
+    settings = VaultSettings(
+        address=address.rstrip("/"),
+        namespace=sec.str("namespace") or env.get("VAULT_NAMESPACE", ""),
+        ca_cert=sec.str("ca_cert") or env.get("VAULT_CACERT", ""),
+        kv_mount=sec.str("kv_mount", "secret").strip("/"),
+        kv_version=sec.int("kv_version", 2, 1, 2),
+        timeout=sec.duration("timeout", 10.0),
+        auth=_vault_auth(sec.table("auth"), env),
+    )
+    if not settings.kv_mount:
+        sec.problem("kv_mount", "must not be empty")
+    sec.finish()
+    return settings
+
+
+def _kubernetes(sec: _Section) -> KubernetesSettings:
+    settings = KubernetesSettings(
+        kubeconfig=sec.str("kubeconfig"),
+        context=sec.str("context"),
+        timeout=sec.duration("timeout", 15.0),
+    )
+    sec.finish()
+    return settings
+
+
+def _probe(sec: _Section) -> ProbeSettings:
+    settings = ProbeSettings(
+        enabled=sec.bool("enabled", True),
+        timeout=sec.duration("timeout", 10.0),
+        ca_cert=sec.str("ca_cert"),
+        verify_before_write=sec.bool("verify_before_write", True),
+        retries=sec.int("retries", 2, 0, 10),
+    )
+    sec.finish()
+    return settings
+
+
+def _schedule(sec: _Section) -> ScheduleSettings:
+    settings = ScheduleSettings(
+        interval=sec.duration("interval", 300.0),
+        jitter=sec.duration("jitter", 30.0, positive=False),
+    )
+    sec.finish()
+    return settings
+
+
+def _metrics(sec: _Section) -> MetricsSettings:
+    listen = sec.str("listen", "0.0.0.0:9102")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        sec.problem("listen", f"must be HOST:PORT (got {listen!r})")
+        host, port = "0.0.0.0", "9102"  # noqa: S104
+    sec.finish()
+    return MetricsSettings(host=host.strip("[]"), port=int(port))
+
+
+def _sync(sec: _Section) -> SyncSettings:
+    settings = SyncSettings(
+        conflict_retries=sec.int("conflict_retries", 5, 0, 50),
+        concurrency=sec.int("concurrency", 16, 1, 256),
+    )
+    sec.finish()
+    return settings
+
+
+def _registry(sec: _Section) -> RegistrySettings:
+    host = sec.str("host")
+    path = sec.str("path").strip("/")
+    if not host:
+        sec.problem("host", "is required")
+    elif host.startswith("http://"):
+        sec.problem("host", "plain-HTTP registries are refused; the registry must serve HTTPS")
+    elif not _HOST.match(host):
+        sec.problem("host", f"is not a registry host (got {host!r})")
+    if not path:
+        sec.problem("path", "is required")
+    settings = RegistrySettings(
+        host=host,
+        path=path,
+        username_key=sec.str("username_key", "username"),
+        password_key=sec.str("password_key", "password"),
+        username=sec.str("username"),
+        email=sec.str("email"),
+    )
+    for key in ("username_key", "password_key"):
+        if not getattr(settings, key):
+            sec.problem(key, "must not be empty")
+    sec.finish()
+    return settings
+
+
+def _target(sec: _Section, hosts: set[str]) -> TargetSettings:
+    target = TargetSettings(
+        namespace=sec.str("namespace"),
+        name=sec.str("name"),
+        registries=sec.str_list("registries"),
+        create=sec.bool("create", False),
+    )
+    for key in ("namespace", "name"):
+        value = getattr(target, key)
+        if not value:
+            sec.problem(key, "is required")
+        elif not _DNS_NAME.match(value) or len(value) > 253:
+            sec.problem(key, f"is not a valid Kubernetes name (got {value!r})")
+    for host in target.registries:
+        if host not in hosts:
+            sec.problem("registries", f"names {host!r}, which is not a configured registry host")
+    sec.finish()
+    return target
+
+
+def _unique(items: list[Any], key: Callable[[Any], Any], path: str, what: str,
+            problems: list[str]) -> None:
+    seen: dict[Any, int] = {}
+    for i, item in enumerate(items):
+        k = key(item)
+        if k in seen:
+            problems.append(f"{path}[{i}]: duplicate {what} (same as {path}[{seen[k]}])")
+        seen.setdefault(k, i)
+
+
+def from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Validate parsed TOML. Raises ConfigError listing every problem."""
+    problems: list[str] = []
+    root = _Section(data, "", problems)
+    vault = _vault(root.table("vault"), env)
+    registries = [_registry(s) for s in root.table_list("registries")]
+    hosts = {r.host for r in registries}
+    targets = [_target(s, hosts) for s in root.table_list("targets")]
+    settings = Settings(
+        vault=vault,
+        registries=tuple(registries),
+        targets=tuple(targets),
+        kubernetes=_kubernetes(root.table("kubernetes")),
+        probe=_probe(root.table("probe")),
+        schedule=_schedule(root.table("schedule")),
+        metrics=_metrics(root.table("metrics")),
+        sync=_sync(root.table("sync")),
+    )
+    if not registries and "registries" not in data:
+        problems.append("registries: at least one [[registries]] entry is required")
+    if not targets and "targets" not in data:
+        problems.append("targets: at least one [[targets]] entry is required")
+    _unique(registries, lambda r: r.host, "registries", "host", problems)
+    _unique(targets, lambda t: (t.namespace, t.name), "targets", "namespace/name", problems)
+    root.finish()
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def load(path: str | Path, env: Mapping[str, str]) -> Settings:
+    """Read a TOML file and validate it."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: config file is not UTF-8"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    return from_mapping(data, env)
