@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apscheduler.triggers.cron import CronTrigger
+
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 AUTH_METHODS = ("token", "approle", "kubernetes")
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
@@ -85,6 +87,10 @@ class KubernetesSettings:
     """kubeconfig context; empty = current context."""
     timeout: float = 15.0
     """Seconds per API request."""
+    events: bool = True
+    """Emit Events (CredentialsRotated, LoginRejected, ...) on target secrets."""
+    event_window: float = 600.0
+    """Repeats of the same Event within this many seconds are aggregated into one."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +114,42 @@ class ScheduleSettings:
     """When the daemon runs."""
 
     interval: float = 300.0
-    """Seconds between runs."""
+    """Seconds between runs (ignored when ``cron`` is set)."""
     jitter: float = 30.0
     """Random extra delay, up to this many seconds, to spread load."""
+    cron: str = ""
+    """A crontab expression (``*/5 * * * *``) instead of interval; empty = use interval."""
+    retry_min: float = 10.0
+    """First retry delay after a failed run; doubles per failure."""
+    retry_max: float = 300.0
+    """Upper bound of the retry delay."""
+    run_timeout: float = 600.0
+    """Per-run deadline: past it, remaining targets are skipped (each request has its own timeout)."""
+    stale_after: float = 0.0
+    """/readyz fails when the last success is older than this; 0 = 3 x interval."""
+
+    @property
+    def staleness(self) -> float:
+        """The effective readiness staleness."""
+        return self.stale_after or 3 * self.interval
+
+
+@dataclass(frozen=True)
+class LeaderElectionSettings:
+    """Optional Lease-based leader election, so two replicas are safe."""
+
+    enabled: bool = False
+    """Only the Lease holder syncs."""
+    namespace: str = ""
+    """Namespace of the Lease; required when enabled."""
+    name: str = "registry-credential-syncer"
+    """Name of the Lease."""
+    identity: str = ""
+    """This replica's identity; empty = POD_NAME, else HOSTNAME."""
+    lease_duration: float = 15.0
+    """How long a lease is valid without renewal."""
+    renew_period: float = 5.0
+    """How often the holder renews and a standby retries."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +229,8 @@ class Settings:
     """Metrics and health endpoint."""
     sync: SyncSettings = field(default_factory=SyncSettings)
     """Cycle behaviour."""
+    leader_election: LeaderElectionSettings = field(default_factory=LeaderElectionSettings)
+    """Lease-based leader election (daemon only)."""
 
     def hosts_for(self, target: TargetSettings) -> tuple[str, ...]:
         """The registry hosts a target manages."""
@@ -249,20 +290,20 @@ class _Section:
             return default
         return value
 
-    def str(self, name: str, default: str = "") -> str:
+    def get_str(self, name: str, default: str = "") -> str:
         return str(self._get(name, default, (str,), "a string"))
 
-    def bool(self, name: str, default: bool) -> bool:
+    def get_bool(self, name: str, default: bool) -> bool:
         return bool(self._get(name, default, (bool,), "true or false"))
 
-    def int(self, name: str, default: int, minimum: int, maximum: int) -> int:
+    def get_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
         value = int(self._get(name, default, (int,), "an integer"))
         if not minimum <= value <= maximum:
             self.problem(name, f"must be between {minimum} and {maximum}")
             return default
         return value
 
-    def duration(self, name: str, default: float, positive: bool = True) -> float:
+    def get_duration(self, name: str, default: float, positive: bool = True) -> float:
         self.seen.add(name)
         if name not in self.data:
             return default
@@ -276,7 +317,7 @@ class _Section:
             return default
         return value
 
-    def str_list(self, name: str) -> tuple[str, ...]:
+    def get_str_list(self, name: str) -> tuple[str, ...]:
         value = self._get(name, [], (list,), "a list of strings")
         if not all(isinstance(v, str) for v in value):
             self.problem(name, "must be a list of strings")
@@ -301,18 +342,18 @@ class _Section:
 
 
 def _vault_auth(sec: _Section, env: Mapping[str, str]) -> VaultAuthSettings:
-    method = sec.str("method", "kubernetes")
+    method = sec.get_str("method", "kubernetes")
     if method not in AUTH_METHODS:
         sec.problem("method", f"must be one of {', '.join(AUTH_METHODS)} (got {method!r})")
     auth = VaultAuthSettings(
         method=method,
-        mount=sec.str("mount").strip("/"),
-        token_file=sec.str("token_file"),
+        mount=sec.get_str("mount").strip("/"),
+        token_file=sec.get_str("token_file"),
         token="" if "token_file" in sec.data else env.get("VAULT_TOKEN", ""),
-        role_id=sec.str("role_id"),
-        secret_id_file=sec.str("secret_id_file"),
-        role=sec.str("role"),
-        jwt_file=sec.str("jwt_file", DEFAULT_JWT_FILE),
+        role_id=sec.get_str("role_id"),
+        secret_id_file=sec.get_str("secret_id_file"),
+        role=sec.get_str("role"),
+        jwt_file=sec.get_str("jwt_file", DEFAULT_JWT_FILE),
     )
     required: dict[str, tuple[str, ...]] = {
         "approle": ("role_id", "secret_id_file"),
@@ -333,17 +374,17 @@ def _url(sec: _Section, name: str, value: str) -> None:
 
 
 def _vault(sec: _Section, env: Mapping[str, str]) -> VaultSettings:
-    address = sec.str("address") or env.get("VAULT_ADDR", "")
+    address = sec.get_str("address") or env.get("VAULT_ADDR", "")
     if not address:
         sec.problem("address", "is required (or set VAULT_ADDR)")
     _url(sec, "address", address)
     settings = VaultSettings(
         address=address.rstrip("/"),
-        namespace=sec.str("namespace") or env.get("VAULT_NAMESPACE", ""),
-        ca_cert=sec.str("ca_cert") or env.get("VAULT_CACERT", ""),
-        kv_mount=sec.str("kv_mount", "secret").strip("/"),
-        kv_version=sec.int("kv_version", 2, 1, 2),
-        timeout=sec.duration("timeout", 10.0),
+        namespace=sec.get_str("namespace") or env.get("VAULT_NAMESPACE", ""),
+        ca_cert=sec.get_str("ca_cert") or env.get("VAULT_CACERT", ""),
+        kv_mount=sec.get_str("kv_mount", "secret").strip("/"),
+        kv_version=sec.get_int("kv_version", 2, 1, 2),
+        timeout=sec.get_duration("timeout", 10.0),
         auth=_vault_auth(sec.table("auth"), env),
     )
     if not settings.kv_mount:
@@ -354,9 +395,11 @@ def _vault(sec: _Section, env: Mapping[str, str]) -> VaultSettings:
 
 def _kubernetes(sec: _Section) -> KubernetesSettings:
     settings = KubernetesSettings(
-        kubeconfig=sec.str("kubeconfig"),
-        context=sec.str("context"),
-        timeout=sec.duration("timeout", 15.0),
+        kubeconfig=sec.get_str("kubeconfig"),
+        context=sec.get_str("context"),
+        timeout=sec.get_duration("timeout", 15.0),
+        events=sec.get_bool("events", True),
+        event_window=sec.get_duration("event_window", 600.0),
     )
     sec.finish()
     return settings
@@ -364,11 +407,11 @@ def _kubernetes(sec: _Section) -> KubernetesSettings:
 
 def _probe(sec: _Section) -> ProbeSettings:
     settings = ProbeSettings(
-        enabled=sec.bool("enabled", True),
-        timeout=sec.duration("timeout", 10.0),
-        ca_cert=sec.str("ca_cert"),
-        verify_before_write=sec.bool("verify_before_write", True),
-        retries=sec.int("retries", 2, 0, 10),
+        enabled=sec.get_bool("enabled", True),
+        timeout=sec.get_duration("timeout", 10.0),
+        ca_cert=sec.get_str("ca_cert"),
+        verify_before_write=sec.get_bool("verify_before_write", True),
+        retries=sec.get_int("retries", 2, 0, 10),
     )
     sec.finish()
     return settings
@@ -376,15 +419,49 @@ def _probe(sec: _Section) -> ProbeSettings:
 
 def _schedule(sec: _Section) -> ScheduleSettings:
     settings = ScheduleSettings(
-        interval=sec.duration("interval", 300.0),
-        jitter=sec.duration("jitter", 30.0, positive=False),
+        interval=sec.get_duration("interval", 300.0),
+        jitter=sec.get_duration("jitter", 30.0, positive=False),
+        cron=sec.get_str("cron").strip(),
+        retry_min=sec.get_duration("retry_min", 10.0),
+        retry_max=sec.get_duration("retry_max", 300.0),
+        run_timeout=sec.get_duration("run_timeout", 600.0),
+        stale_after=sec.get_duration("stale_after", 0.0, positive=False),
     )
+    if settings.cron and "interval" in sec.data:
+        sec.problem("cron", "set either interval or cron, not both")
+    if settings.cron:
+        try:
+            CronTrigger.from_crontab(settings.cron)
+        except ValueError as exc:
+            sec.problem("cron", f"is not a crontab expression ({exc})")
+    if settings.retry_min > settings.retry_max:
+        sec.problem("retry_min", "must not exceed retry_max")
+    sec.finish()
+    return settings
+
+
+def _leader_election(sec: _Section, env: Mapping[str, str]) -> LeaderElectionSettings:
+    settings = LeaderElectionSettings(
+        enabled=sec.get_bool("enabled", False),
+        namespace=sec.get_str("namespace"),
+        name=sec.get_str("name", "registry-credential-syncer"),
+        identity=sec.get_str("identity") or env.get("POD_NAME") or env.get("HOSTNAME", ""),
+        lease_duration=sec.get_duration("lease_duration", 15.0),
+        renew_period=sec.get_duration("renew_period", 5.0),
+    )
+    if settings.enabled:
+        for key in ("namespace", "identity"):
+            if not getattr(settings, key):
+                sec.problem(key, "is required when enabled = true"
+                            + (" (or set POD_NAME)" if key == "identity" else ""))
+        if settings.renew_period >= settings.lease_duration:
+            sec.problem("renew_period", "must be shorter than lease_duration")
     sec.finish()
     return settings
 
 
 def _metrics(sec: _Section) -> MetricsSettings:
-    listen = sec.str("listen", "0.0.0.0:9102")
+    listen = sec.get_str("listen", "0.0.0.0:9102")
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         sec.problem("listen", f"must be HOST:PORT (got {listen!r})")
@@ -395,16 +472,16 @@ def _metrics(sec: _Section) -> MetricsSettings:
 
 def _sync(sec: _Section) -> SyncSettings:
     settings = SyncSettings(
-        conflict_retries=sec.int("conflict_retries", 5, 0, 50),
-        concurrency=sec.int("concurrency", 16, 1, 256),
+        conflict_retries=sec.get_int("conflict_retries", 5, 0, 50),
+        concurrency=sec.get_int("concurrency", 16, 1, 256),
     )
     sec.finish()
     return settings
 
 
 def _registry(sec: _Section) -> RegistrySettings:
-    host = sec.str("host")
-    path = sec.str("path").strip("/")
+    host = sec.get_str("host")
+    path = sec.get_str("path").strip("/")
     if not host:
         sec.problem("host", "is required")
     elif host.startswith("http://"):
@@ -416,10 +493,10 @@ def _registry(sec: _Section) -> RegistrySettings:
     settings = RegistrySettings(
         host=host,
         path=path,
-        username_key=sec.str("username_key", "username"),
-        password_key=sec.str("password_key", "password"),
-        username=sec.str("username"),
-        email=sec.str("email"),
+        username_key=sec.get_str("username_key", "username"),
+        password_key=sec.get_str("password_key", "password"),
+        username=sec.get_str("username"),
+        email=sec.get_str("email"),
     )
     for key in ("username_key", "password_key"):
         if not getattr(settings, key):
@@ -430,10 +507,10 @@ def _registry(sec: _Section) -> RegistrySettings:
 
 def _target(sec: _Section, hosts: set[str]) -> TargetSettings:
     target = TargetSettings(
-        namespace=sec.str("namespace"),
-        name=sec.str("name"),
-        registries=sec.str_list("registries"),
-        create=sec.bool("create", False),
+        namespace=sec.get_str("namespace"),
+        name=sec.get_str("name"),
+        registries=sec.get_str_list("registries"),
+        create=sec.get_bool("create", False),
     )
     for key in ("namespace", "name"):
         value = getattr(target, key)
@@ -475,6 +552,7 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         schedule=_schedule(root.table("schedule")),
         metrics=_metrics(root.table("metrics")),
         sync=_sync(root.table("sync")),
+        leader_election=_leader_election(root.table("leader_election"), env),
     )
     if not registries and "registries" not in data:
         problems.append("registries: at least one [[registries]] entry is required")

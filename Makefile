@@ -1,0 +1,35 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint unit system-deps venv clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,lint]'
+	touch $@
+
+# Real registry and htpasswd for the tests and the demo (Debian packages).
+system-deps:
+	@if ! command -v docker-registry >/dev/null || ! command -v htpasswd >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check syncer tests scripts
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: system-deps venv lint
+	$(BIN)/pytest
+
+demo: system-deps venv
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,192 @@
+"""The ``.dockerconfigjson`` document: parse, build entries, merge per host. Pure, no I/O.
+
+Shape (what kubelet and docker read)::
+
+    {"auths": {"KEY": {"username": .., "password": .., "auth": base64("user:pass"), "email": ..}},
+     ...other top-level keys that belong to someone else...}
+
+Kubelet matches keys by host (glob per label), port and path prefix, ignoring
+the scheme and a ``/v1/`` or ``/v2/`` suffix, see
+https://kubernetes.io/docs/concepts/containers/images/#config-json. The merge
+therefore treats ``https://nvcr.io/v1/`` and ``nvcr.io`` as the same registry
+and updates the existing spelling in place instead of adding a twin.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from syncer.credential import Credential
+
+# Fields that would shadow username/password in docker's own client (an OAuth
+# identity token wins over the password), so a managed entry must not keep them.
+_SHADOWING_FIELDS = ("identitytoken", "registrytoken")
+
+Document = dict[str, Any]
+
+
+class MalformedError(ValueError):
+    """The existing document cannot be merged safely. The message never quotes its content."""
+
+
+class Change(StrEnum):
+    """What a merge does to one managed host."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class HostChange:
+    """The effect of a merge on one host, described without secret material."""
+
+    host: str
+    """The registry host as configured."""
+    change: Change
+    """Added, updated or unchanged."""
+    username_changed: bool = False
+    """The username differs from before."""
+    password_changed: bool = False
+    """The password differs from before."""
+
+    def describe(self) -> str:
+        """``nvcr.io: updated (password changed)`` - safe to print."""
+        what = [w for w, on in (("username", self.username_changed),
+                                ("password", self.password_changed)) if on]
+        suffix = f" ({' and '.join(what)} changed)" if what and self.change is Change.UPDATED else ""
+        return f"{self.host}: {self.change.value}{suffix}"
+
+
+def empty() -> Document:
+    """The document of a secret that does not exist yet."""
+    return {"auths": {}}
+
+
+def parse(raw: bytes | str) -> Document:
+    """Decode and validate an existing document. Raises MalformedError."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedError("not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise MalformedError("top level is not a JSON object")
+    auths = doc.get("auths")
+    if not isinstance(auths, dict):
+        raise MalformedError('has no "auths" object')
+    bad = sorted(key for key, entry in auths.items() if not isinstance(entry, dict))
+    if bad:
+        raise MalformedError(f'"auths" entries are not objects: {", ".join(bad)}')
+    return doc
+
+
+def serialize(doc: Document) -> bytes:
+    """One line of compact UTF-8 JSON with no trailing newline, as the manual procedure demands."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def auth_value(credential: Credential) -> str:
+    """``base64("user:pass")`` - the ``auth`` field docker and kubelet read."""
+    raw = f"{credential.username}:{credential.password}".encode()
+    return base64.b64encode(raw).decode("ascii")
+
+
+def normalize_key(key: str) -> str:
+    """Reduce an ``auths`` key to what kubelet matches on: host[:port][/path], lower-case host."""
+    rest = key.strip()
+    for scheme in ("https://", "http://"):
+        if rest.lower().startswith(scheme):
+            rest = rest[len(scheme):]
+    rest = rest.rstrip("/")
+    for suffix in ("/v1", "/v2"):
+        if rest.endswith(suffix):
+            rest = rest[: -len(suffix)]
+    host, sep, path = rest.partition("/")
+    return host.lower() + sep + path
+
+
+def find_key(doc: Mapping[str, Any], host: str) -> str | None:
+    """The existing ``auths`` key for ``host``: the exact key, else one kubelet treats as equal."""
+    auths = doc.get("auths", {})
+    if host in auths:
+        return host
+    wanted = normalize_key(host)
+    return next((key for key in auths if normalize_key(key) == wanted), None)
+
+
+def entry_credential(entry: Mapping[str, Any]) -> Credential | None:
+    """The login an existing entry carries, from username/password or else from ``auth``."""
+    username, password = entry.get("username"), entry.get("password")
+    if isinstance(username, str) and isinstance(password, str):
+        return Credential(username, password)
+    auth = entry.get("auth")
+    if isinstance(auth, str):
+        try:
+            user, sep, pw = base64.b64decode(auth, validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if sep:
+            return Credential(user, pw)
+    return None
+
+
+def build_entry(existing: Mapping[str, Any] | None, credential: Credential, email: str) -> dict[str, Any]:
+    """The entry to store: the new login, plus fields of the old entry it does not own."""
+    entry = {k: v for k, v in (existing or {}).items() if k not in _SHADOWING_FIELDS}
+    entry.update(username=credential.username, password=credential.password,
+                 auth=auth_value(credential))
+    if email:
+        entry["email"] = email
+    return entry
+
+
+def merge(doc: Document, logins: Mapping[str, tuple[Credential, str]]) -> tuple[Document, list[HostChange]]:
+    """Set each ``host -> (credential, email)`` in a copy of ``doc``.
+
+    Every other host and every other top-level key is carried over untouched.
+    Returns the new document and one HostChange per host, decided on decoded
+    content, never on bytes.
+    """
+    merged = copy.deepcopy(doc)
+    auths: dict[str, Any] = merged.setdefault("auths", {})
+    changes = []
+    for host, (credential, email) in logins.items():
+        key = find_key(merged, host) or host
+        old = auths.get(key)
+        new = build_entry(old, credential, email)
+        auths[key] = new
+        changes.append(_describe(host, old, new, credential))
+    return merged, changes
+
+
+def _describe(host: str, old: Mapping[str, Any] | None, new: Mapping[str, Any],
+              credential: Credential) -> HostChange:
+    if old is None:
+        return HostChange(host, Change.ADDED, True, True)
+    if old == new:
+        return HostChange(host, Change.UNCHANGED)
+    before = entry_credential(old)
+    return HostChange(
+        host,
+        Change.UPDATED,
+        username_changed=before is None or before.username != credential.username,
+        password_changed=before is None or before.password != credential.password,
+    )
+
+
+def remove(doc: Document, hosts: list[str]) -> tuple[Document, list[str]]:
+    """A copy of ``doc`` without the given hosts; returns the keys actually removed."""
+    pruned = copy.deepcopy(doc)
+    removed = []
+    for host in hosts:
+        key = find_key(pruned, host)
+        if key is not None:
+            del pruned["auths"][key]
+            removed.append(key)
+    return pruned, removed

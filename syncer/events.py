@@ -1,0 +1,126 @@
+"""Kubernetes Events on target secrets, aggregated so repeats do not spam.
+
+The first occurrence of (secret, reason, message) creates a core/v1 Event;
+repeats within ``kubernetes.event_window`` only bump its ``count`` and
+``lastTimestamp`` with one PATCH, the way kubelet's recorder aggregates.
+Messages name hosts and outcomes only, never secret material.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kubernetes import client as k8s
+
+from syncer.config import KubernetesSettings
+from syncer.kube import TRANSPORT_ERRORS, translate
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "registry-credential-syncer"
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One Event to record on a Secret."""
+
+    namespace: str
+    """Namespace of the secret (and of the Event)."""
+    name: str
+    """The secret the Event is about."""
+    reason: str
+    """CamelCase reason: CredentialsRotated, LoginRejected, SyncFailed, MalformedSecret."""
+    message: str
+    """Human text without secret material."""
+    warning: bool = False
+    """Event type Warning instead of Normal."""
+
+
+@dataclass
+class _Seen:
+    event_name: str
+    count: int
+    last: float
+
+
+def _timestamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    """Creates and aggregates Events. Failures to record are logged, never raised."""
+
+    def __init__(self, api: k8s.CoreV1Api, settings: KubernetesSettings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.api = api
+        self.timeout = settings.timeout
+        self.window = settings.event_window
+        self.clock = clock
+        self._seen: dict[tuple[str, str, str, str], _Seen] = {}
+        self._lock = threading.Lock()
+
+    def emit_all(self, specs: Iterable[EventSpec]) -> None:
+        """Record each spec."""
+        for spec in specs:
+            self.emit(spec)
+
+    def emit(self, spec: EventSpec) -> None:
+        """Create the Event, or bump the count of the same one seen within the window."""
+        key = (spec.namespace, spec.name, spec.reason, spec.message)
+        now = self.clock()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen.last <= self.window:
+                seen.count += 1
+                seen.last = now
+                self._bump(spec, seen)
+                return
+            name = f"{spec.name}.{uuid.uuid4().hex[:16]}"
+            if self._create(spec, name, now):
+                self._seen[key] = _Seen(name, 1, now)
+            self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, v in self._seen.items() if now - v.last > self.window]:
+            del self._seen[key]
+
+    def _create(self, spec: EventSpec, name: str, now: float) -> bool:
+        stamp = _timestamp(now)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": spec.namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Secret", "namespace": spec.namespace,
+                               "name": spec.name},
+            "reason": spec.reason,
+            "message": spec.message[:1024],
+            "type": "Warning" if spec.warning else "Normal",
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": COMPONENT,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        return self._send(spec, self.api.create_namespaced_event, spec.namespace, body)
+
+    def _bump(self, spec: EventSpec, seen: _Seen) -> None:
+        patch = {"count": seen.count, "lastTimestamp": _timestamp(seen.last)}
+        if not self._send(spec, self.api.patch_namespaced_event, seen.event_name, spec.namespace, patch,
+                          _content_type="application/merge-patch+json"):
+            seen.last = 0.0  # the Event is gone or unreachable: create a fresh one next time
+
+    def _send(self, spec: EventSpec, method: Callable[..., object], *args: object, **kwargs: object) -> bool:
+        try:
+            method(*args, _request_timeout=self.timeout, _preload_content=False, **kwargs)
+        except TRANSPORT_ERRORS as exc:
+            ref = f"{spec.namespace}/{spec.name}"
+            log.warning("could not record event %s: %s", spec.reason, translate(exc, ref))
+            return False
+        return True

@@ -1,0 +1,153 @@
+"""Leader election on a coordination.k8s.io/v1 Lease, so two replicas never sync at once.
+
+Like client-go's leaderelection: expiry is judged by *our* clock from the moment we
+last saw the lease record change, never by comparing the holder's timestamps with
+our clock, so clock skew between nodes cannot hand the lease to two replicas.
+Every write carries the resourceVersion it was based on; a 409 means someone else
+won the race.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from syncer.config import LeaderElectionSettings
+from syncer.kube import MERGE_PATCH, TRANSPORT_ERRORS, response_json, translate
+
+log = logging.getLogger(__name__)
+
+
+def _micro_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LeaseElector:
+    """One step at a time (``step()``), driven by the scheduler every ``renew_period``."""
+
+    def __init__(self, api: k8s.CoordinationV1Api, settings: LeaderElectionSettings,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.api = api
+        self.settings = settings
+        self.identity = settings.identity
+        self.clock = clock
+        self.wall = wall
+        self.ref = f"{settings.namespace}/{settings.name}"
+        self._leader = False
+        self._last_renew = 0.0
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+
+    @property
+    def is_leader(self) -> bool:
+        """True while we hold a lease renewed within its duration."""
+        return self._leader and self.clock() - self._last_renew < self.settings.lease_duration
+
+    def step(self) -> bool:
+        """Acquire or renew once. Errors keep the previous state until the lease would expire."""
+        try:
+            self._step()
+        except TRANSPORT_ERRORS as exc:
+            log.warning("leader election on lease %s: %s", self.ref, translate(exc, self.ref))
+        if self._leader and not self.is_leader:
+            log.warning("lost leadership of lease %s (not renewed in time)", self.ref)
+            self._leader = False
+        return self.is_leader
+
+    def _step(self) -> None:
+        lease = self._read()
+        if lease is None:
+            self._create()
+            return
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
+        now = self.clock()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        duration = float(spec.get("leaseDurationSeconds") or self.settings.lease_duration)
+        if holder and holder != self.identity and now - self._observed_at < duration:
+            if self._leader:
+                log.warning("lease %s is now held by %s", self.ref, holder)
+            self._leader = False
+            return
+        transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
+        self._write(lease, acquired=holder != self.identity, transitions=transitions)
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            resp = self.api.read_namespaced_lease(self.settings.name, self.settings.namespace,
+                                                  _preload_content=False, _request_timeout=5)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        lease: dict[str, Any] = response_json(resp)
+        return lease
+
+    def _spec(self, acquired: bool, transitions: int) -> dict[str, Any]:
+        now = _micro_time(self.wall())
+        spec: dict[str, Any] = {"holderIdentity": self.identity, "renewTime": now,
+                                "leaseDurationSeconds": int(self.settings.lease_duration),
+                                "leaseTransitions": transitions}
+        if acquired:
+            spec["acquireTime"] = now
+        return spec
+
+    def _create(self) -> None:
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": self.settings.name, "namespace": self.settings.namespace},
+                "spec": self._spec(acquired=True, transitions=0)}
+        try:
+            self.api.create_namespaced_lease(self.settings.namespace, body,  # type: ignore[arg-type]
+                                             _request_timeout=5, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:  # someone else created it first
+                return
+            raise
+        self._became_leader()
+
+    def _write(self, lease: dict[str, Any], acquired: bool, transitions: int) -> None:
+        body = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                "spec": self._spec(acquired, transitions)}
+        try:
+            self.api.patch_namespaced_lease(self.settings.name, self.settings.namespace, body,
+                                            _content_type=MERGE_PATCH, _request_timeout=5,
+                                            _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                return  # lost the race; look again next step
+            raise
+        if acquired:
+            self._became_leader()
+        else:
+            self._last_renew = self.clock()
+
+    def _became_leader(self) -> None:
+        self._leader, self._last_renew = True, self.clock()
+        log.info("acquired lease %s as %s", self.ref, self.identity)
+
+    def release(self) -> None:
+        """Hand the lease back (empty holder, 1 s duration) so a standby takes over at once."""
+        if not self._leader:
+            return
+        self._leader = False
+        try:
+            lease = self._read()
+            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            body = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                    "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
+                             "renewTime": _micro_time(self.wall())}}
+            self.api.patch_namespaced_lease(self.settings.name, self.settings.namespace, body,
+                                            _content_type=MERGE_PATCH, _request_timeout=5,
+                                            _preload_content=False)
+            log.info("released lease %s", self.ref)
+        except TRANSPORT_ERRORS as exc:
+            log.warning("could not release lease %s: %s", self.ref, translate(exc, self.ref))

@@ -1,0 +1,138 @@
+"""Prometheus metrics. Names and labels are a contract with dashboards and alerts.
+
+Every labelled series is created at start-up with value 0 (so ``absent()``
+and ``rate()`` work before the first failure) and only ever carries hosts,
+namespaces, names and reason labels: never secret material.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from syncer import __version__
+from syncer.config import Settings
+from syncer.sync import RegistryOutcome, RegistryReport, Summary, TargetOutcome
+
+PROBE_REASONS = ("rejected", "unverified", "tls", "timeout", "connection", "http_4xx",
+                 "http_5xx", "protocol", "insecure", "redirect")
+"""Pre-created ``reason`` label values of syncer_registry_probe_failures_total."""
+STAGES = ("vault", "kubernetes", "probe")
+
+
+def probe_reason_label(reason: str) -> str:
+    """Fold ``http_503`` into ``http_5xx`` so the label set stays small and known."""
+    if reason.startswith("http_") and reason[5:].isdigit():
+        return f"http_{reason[5]}xx"
+    return reason or "unknown"
+
+
+class Metrics:
+    """All syncer metrics on one registry, fed from a run Summary."""
+
+    def __init__(self, registry: CollectorRegistry, settings: Settings,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        reg, target = ("registry",), ("namespace", "name")
+        self.runs = counter("syncer_sync_runs", "Sync cycles by result.", ("result",))
+        self.duration = Histogram("syncer_sync_duration_seconds", "Duration of sync cycles.",
+                                  buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+                                  registry=registry)
+        self.last_run = gauge("syncer_last_run_timestamp_seconds",
+                              "Unix time the last cycle finished.")
+        self.last_success = gauge("syncer_last_success_timestamp_seconds",
+                                  "Unix time the last fully successful cycle finished.")
+        self.probe_success = gauge("syncer_registry_probe_success",
+                                   "1 if the last probe proved the login, else 0.", reg)
+        self.probe_duration = gauge("syncer_registry_probe_duration_seconds",
+                                    "Duration of the last probe.", reg)
+        self.probe_failures = counter("syncer_registry_probe_failures",
+                                      "Probes that did not prove the login, by reason.",
+                                      ("registry", "reason"))
+        self.registry_success = gauge("syncer_registry_sync_success",
+                                      "1 if the registry was read from Vault and not refused.", reg)
+        self.rotations = counter("syncer_credential_rotations",
+                                 "New credentials applied to at least one target.", reg)
+        self.version = gauge("syncer_credential_version",
+                             "KV v2 version of the credentials in use.", reg)
+        self.writes = counter("syncer_secret_writes", "Writes to target secrets.", target)
+        self.conflicts = counter("syncer_secret_conflicts", "409 Conflicts met while writing.",
+                                 target)
+        self.secret_success = gauge("syncer_secret_sync_success",
+                                    "1 if the target is in sync after the last cycle.", target)
+        self.errors = counter("syncer_errors", "Errors by stage.", ("stage",))
+        self.token_ttl = gauge("syncer_vault_token_ttl_seconds",
+                               "Remaining TTL of the Vault token (-1 if unknown).")
+        self.vault_logins = gauge("syncer_vault_logins", "Vault logins made by this process.")
+        self.build_info = gauge("syncer_build_info", "Build information.", ("version",))
+        self.leader = gauge("syncer_leader", "1 on the replica that holds the lease.")
+        self._init_series(settings)
+
+    def _init_series(self, settings: Settings) -> None:
+        self.build_info.labels(__version__).set(1)
+        self.token_ttl.set(-1)
+        for result in ("success", "failure"):
+            self.runs.labels(result)
+        for stage in STAGES:
+            self.errors.labels(stage)
+        for reg in settings.registries:
+            for gauge in (self.probe_success, self.probe_duration, self.version,
+                          self.registry_success):
+                gauge.labels(reg.host)
+            self.rotations.labels(reg.host)
+            for reason in PROBE_REASONS:
+                self.probe_failures.labels(reg.host, reason)
+        for target in settings.targets:
+            for metric in (self.writes, self.conflicts, self.secret_success):
+                metric.labels(target.namespace, target.name)
+
+    def observe(self, summary: Summary) -> None:
+        """Record one cycle."""
+        now = self.clock()
+        self.runs.labels("success" if summary.ok else "failure").inc()
+        self.duration.observe(summary.duration)
+        self.last_run.set(now)
+        if summary.ok:
+            self.last_success.set(now)
+        for reg in summary.registries:
+            self._observe_registry(reg)
+        for target in summary.targets:
+            labels = (target.target.namespace, target.target.name)
+            self.writes.labels(*labels).inc(target.writes)
+            self.conflicts.labels(*labels).inc(target.conflicts)
+            ok = target.outcome in (TargetOutcome.UNCHANGED, TargetOutcome.UPDATED,
+                                    TargetOutcome.CREATED) and not target.held_back
+            self.secret_success.labels(*labels).set(1 if ok else 0)
+            if target.failed:
+                self.errors.labels("kubernetes").inc()
+
+    def _observe_registry(self, reg: RegistryReport) -> None:
+        host = reg.host
+        self.registry_success.labels(host).set(0 if reg.failed else 1)
+        if reg.version is not None:
+            self.version.labels(host).set(reg.version)
+        if reg.rotated_targets:
+            self.rotations.labels(host).inc()
+        if reg.stage:
+            self.errors.labels(reg.stage).inc()
+        if reg.probe is None:
+            self.probe_success.labels(host).set(0)
+            return
+        self.probe_duration.labels(host).set(reg.probe.duration)
+        ok = reg.outcome is RegistryOutcome.OK
+        self.probe_success.labels(host).set(1 if ok else 0)
+        if not ok:
+            reason = "unverified" if reg.outcome is RegistryOutcome.UNVERIFIED else reg.probe.reason
+            self.probe_failures.labels(host, probe_reason_label(reason)).inc()
+
+    def set_token_ttl(self, ttl: float | None) -> None:
+        """Remaining Vault token TTL, -1 when unknown."""
+        self.token_ttl.set(-1 if ttl is None else ttl)

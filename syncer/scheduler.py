@@ -1,0 +1,176 @@
+"""The daemon: one APScheduler job running ``Syncer.run_once``, with backoff, health and leadership.
+
+APScheduler 3.x: one job, ``max_instances=1`` and ``coalesce=True`` so runs never
+overlap or pile up, first run at start. After a failed run the next run is
+pulled forward with capped exponential backoff; a success returns to the
+normal cadence.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from syncer.config import ScheduleSettings
+from syncer.health import Health
+from syncer.metrics import Metrics
+from syncer.sync import Summary, Syncer
+
+log = logging.getLogger(__name__)
+
+SYNC_JOB = "sync"
+LEADER_JOB = "leader"
+VAULT_JOB = "vault"
+
+
+class Leader(Protocol):
+    """What the daemon needs from leader election."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    def step(self) -> bool:
+        """Acquire or renew the lease once; returns whether this replica leads."""
+
+    def release(self) -> None:
+        """Give the lease up so another replica can take over at once."""
+
+
+def make_trigger(settings: ScheduleSettings) -> BaseTrigger:
+    """Cron when configured, else the interval with jitter."""
+    if settings.cron:
+        return CronTrigger.from_crontab(settings.cron)
+    return IntervalTrigger(seconds=settings.interval, jitter=settings.jitter or None)
+
+
+def backoff_delay(failures: int, settings: ScheduleSettings) -> float:
+    """retry_min, doubled per consecutive failure, capped at retry_max."""
+    return float(min(settings.retry_max, settings.retry_min * 2 ** max(0, failures - 1)))
+
+
+class Daemon:
+    """Wires the Syncer to a scheduler, metrics, health, events and an optional leader."""
+
+    def __init__(
+        self,
+        settings: ScheduleSettings,
+        syncer: Syncer,
+        metrics: Metrics,
+        health: Health,
+        stop: threading.Event,
+        *,
+        leader: Leader | None = None,
+        publish: Callable[[Summary], None] = lambda summary: None,
+        vault_maintain: Callable[[], float | None] = lambda: None,
+        scheduler: BackgroundScheduler | None = None,
+        renew_period: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.syncer = syncer
+        self.metrics = metrics
+        self.health = health
+        self.stop = stop
+        self.leader = leader
+        self.publish = publish
+        self.vault_maintain = vault_maintain
+        self.scheduler = scheduler or BackgroundScheduler(timezone="UTC")
+        self.renew_period = renew_period
+        self.failures = 0
+        self.runs = 0
+        self._running = threading.Lock()
+        health.scheduler_alive = lambda: bool(self.scheduler.running)
+        # Writes stop between targets when we shut down or lose the lease mid-run.
+        syncer.should_stop = self._should_stop
+
+    def _should_stop(self) -> bool:
+        return self.stop.is_set() or (self.leader is not None and not self.leader.is_leader)
+
+    def start(self) -> None:
+        """Schedule the jobs (sync runs at once) and start the scheduler thread."""
+        now = datetime.now(self.scheduler.timezone)
+        if self.leader is not None:
+            self.scheduler.add_job(self.leader_step, IntervalTrigger(seconds=self.renew_period),
+                                   id=LEADER_JOB, max_instances=1, coalesce=True, next_run_time=now)
+        self.scheduler.add_job(self.run_cycle, make_trigger(self.settings), id=SYNC_JOB,
+                               max_instances=1, coalesce=True, next_run_time=now,
+                               misfire_grace_time=None)
+        vault_every = IntervalTrigger(seconds=min(60.0, self.settings.interval))
+        self.scheduler.add_job(self.maintain_vault, vault_every, id=VAULT_JOB, max_instances=1,
+                               coalesce=True)
+        self.scheduler.start()
+
+    def leader_step(self) -> None:
+        """Acquire or renew the lease; on gaining it, sync at once."""
+        assert self.leader is not None
+        was = self.leader.is_leader
+        leads = self.leader.step() and not self.stop.is_set()
+        self.metrics.leader.set(1 if leads else 0)
+        self.health.standby = not leads
+        if leads and not was:
+            log.info("became leader; syncing now")
+            self.scheduler.modify_job(SYNC_JOB, next_run_time=datetime.now(self.scheduler.timezone))
+
+    def maintain_vault(self) -> None:
+        """Renew the Vault token between runs and export its TTL."""
+        if self.leader is not None and not self.leader.is_leader:
+            return
+        self.metrics.set_token_ttl(self.vault_maintain())
+
+    def run_cycle(self) -> Summary | None:
+        """The scheduled job. Never raises: a crash would only be logged by APScheduler."""
+        if self.stop.is_set():
+            return None
+        if self.leader is not None and not self.leader.is_leader:
+            log.debug("not the leader; skipping this run")
+            return None
+        with self._running:
+            self.health.run_started()
+            try:
+                summary = self.syncer.run_once()
+            except Exception:  # noqa: BLE001 - the daemon must survive any bug in one run
+                log.exception("sync run crashed")
+                self.metrics.runs.labels("failure").inc()
+                self.health.run_finished(False)
+                self._after(False)
+                return None
+            self.runs += 1
+            self.metrics.observe(summary)
+            self.metrics.set_token_ttl(self.syncer.vault.token_ttl())
+            self.metrics.vault_logins.set(self.syncer.vault.logins)
+            self.publish(summary)
+            self.health.run_finished(summary.ok)
+            self._after(summary.ok)
+            return summary
+
+    def _after(self, ok: bool) -> None:
+        if ok:
+            if self.failures:
+                log.info("run succeeded after %d failed runs; back to the normal schedule", self.failures)
+            self.failures = 0
+            return
+        self.failures += 1
+        delay = backoff_delay(self.failures, self.settings)
+        job = self.scheduler.get_job(SYNC_JOB)
+        if job is None:
+            return
+        retry_at = datetime.now(self.scheduler.timezone) + timedelta(seconds=delay)
+        if job.next_run_time is None or retry_at < job.next_run_time:
+            log.info("run failed (%d in a row); retrying in %.0fs", self.failures, delay)
+            job.modify(next_run_time=retry_at)
+
+    def shutdown(self) -> None:
+        """Finish the in-flight write, stop the scheduler, release the lease."""
+        self.stop.set()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        if self.leader is not None and self.leader.is_leader:
+            self.leader.release()
+        self.metrics.leader.set(0)

@@ -1,0 +1,168 @@
+"""Config validation: every problem named with its key path, exit 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syncer import config
+from syncer.cli import main
+
+GOOD = """
+[vault]
+address = "https://vault.example.com:8200"
+[vault.auth]
+method = "approle"
+role_id = "r"
+secret_id_file = "/run/secret-id"
+[[registries]]
+host = "nvcr.io"
+path = "registries/ngc"
+username = "$oauthtoken"
+[[targets]]
+namespace = "domino-compute"
+name = "domino-quay-repos"
+"""
+
+
+def problems_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    import tomllib
+
+    with pytest.raises(config.ConfigError) as info:
+        config.from_mapping(tomllib.loads(text), env or {})
+    return info.value.problems
+
+
+def test_good_config_loads_with_defaults() -> None:
+    import tomllib
+
+    settings = config.from_mapping(tomllib.loads(GOOD), {})
+    assert settings.vault.kv_version == 2
+    assert settings.vault.auth.mount_path == "approle"
+    assert settings.probe.timeout == 10.0
+    assert settings.schedule.interval == 300.0
+    assert settings.hosts_for(settings.targets[0]) == ("nvcr.io",)
+
+
+def test_example_config_is_valid() -> None:
+    settings = config.load(Path(__file__).parent.parent / "config.example.toml", {})
+    assert [r.host for r in settings.registries] == ["nvcr.io", "quay.io"]
+
+
+def test_every_bad_key_is_named_with_its_path() -> None:
+    text = """
+bogus = 1
+[vault]
+kv_version = 3
+timeout = "ten"
+[vault.auth]
+method = "ldap"
+[probe]
+enabled = "yes"
+[metrics]
+listen = "nowhere"
+[[registries]]
+host = "nvcr.io"
+path = "registries/ngc"
+[[registries]]
+host = "http://insecure.example.com"
+path = "x"
+[[registries]]
+host = "quay.io"
+[[registries]]
+host = "nvcr.io"
+path = "again"
+[[targets]]
+namespace = "Bad_NS"
+name = "ok"
+registries = ["ghcr.io"]
+[[targets]]
+name = "x"
+unknown = true
+"""
+    problems = problems_of(text)
+    joined = "\n".join(problems)
+    for path in ("bogus:", "vault.address:", "vault.kv_version:", "vault.timeout:",
+                 "vault.auth.method:", "probe.enabled:", "metrics.listen:", "registries[1].host:",
+                 "registries[2].path:", "registries[3]: duplicate host", "targets[0].namespace:",
+                 "targets[0].registries:", "targets[1].namespace:", "targets[1].unknown:"):
+        assert path in joined, f"{path} missing from:\n{joined}"
+
+
+@pytest.mark.parametrize(("method", "keys"), [
+    ("approle", ["vault.auth.role_id", "vault.auth.secret_id_file"]),
+    ("kubernetes", ["vault.auth.role"]),
+    ("token", ["vault.auth.token_file"]),
+])
+def test_auth_method_requirements(method: str, keys: list[str]) -> None:
+    text = f'[vault]\naddress="https://v"\n[vault.auth]\nmethod="{method}"\n' \
+           '[[registries]]\nhost="a.io"\npath="p"\n[[targets]]\nnamespace="n"\nname="s"\n'
+    joined = "\n".join(problems_of(text))
+    for key in keys:
+        assert key in joined
+
+
+def test_env_fallbacks() -> None:
+    import tomllib
+
+    text = GOOD.replace('address = "https://vault.example.com:8200"', "").replace(
+        'method = "approle"', 'method = "token"')
+    env = {"VAULT_ADDR": "http://127.0.0.1:8200", "VAULT_TOKEN": "s.sentinel",
+           "VAULT_NAMESPACE": "team", "VAULT_CACERT": "/ca.pem"}
+    settings = config.from_mapping(tomllib.loads(text), env)
+    assert settings.vault.address == "http://127.0.0.1:8200"
+    assert settings.vault.namespace == "team"
+    assert settings.vault.ca_cert == "/ca.pem"
+    assert settings.vault.auth.token == "s.sentinel"
+    assert "s.sentinel" not in repr(settings)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (42, 42), ("2h", 7200)])
+def test_durations(text: object, seconds: float) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "5", "m", "1d", "-3s", True, -1, "5 m"])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        config.parse_duration(bad)
+
+
+def test_cli_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[vault]\nkv_version = "two"\n[[registries]]\nhost = ""\n')
+    assert main(["--config", str(path), "--once"], env={}) == 2
+    err = capsys.readouterr().err
+    assert "vault.kv_version" in err and "registries[0].host" in err and "registries[0].path" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [[], ["--config"], ["--bogus"], ["--log-level", "loud"]])
+def test_cli_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv, env={}) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_config_path_from_env(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("not = [valid")
+    assert main(["--once"], env={"SYNCER_CONFIG": str(path)}) == 2
+    assert "invalid TOML" in capsys.readouterr().err
+
+
+def test_unreadable_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(tmp_path / "nope.toml")], env={}) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[vault]\n")
+    proc = subprocess.run([sys.executable, "-m", "syncer", "--config", str(path), "--once"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "vault.address" in proc.stderr and "Traceback" not in proc.stderr
