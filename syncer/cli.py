@@ -115,8 +115,8 @@ def maintain_vault(source: vault.VaultSource) -> float | None:
     return source.token_ttl()
 
 
-def run_daemon(app: App, stop: threading.Event) -> int:
-    """Serve metrics and health, run the scheduler until a signal, then shut down cleanly."""
+def make_daemon(app: App, stop: threading.Event) -> tuple[Daemon, CollectorRegistry]:
+    """The daemon and the metrics registry it feeds."""
     settings = app.settings
     registry = CollectorRegistry()
     metrics = Metrics(registry, settings)
@@ -127,14 +127,20 @@ def run_daemon(app: App, stop: threading.Event) -> int:
     daemon = Daemon(settings.schedule, app.syncer, metrics, health, stop, leader=leader,
                     publish=app.publish, vault_maintain=lambda: maintain_vault(app.syncer.vault),
                     renew_period=settings.leader_election.renew_period)
+    return daemon, registry
+
+
+def run_daemon(app: App, stop: threading.Event) -> int:
+    """Serve metrics and health, run the scheduler until a signal, then shut down cleanly."""
+    listen = app.settings.metrics
+    daemon, registry = make_daemon(app, stop)
     try:
-        server = make_server(settings.metrics.host, settings.metrics.port, registry, health)
+        server = make_server(listen.host, listen.port, registry, daemon.health)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", settings.metrics.host, settings.metrics.port, exc)
+        log.error("cannot listen on %s:%d for metrics: %s", listen.host, listen.port, exc)
         return EXIT_FAILED
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    log.info("serving /metrics, /healthz, /readyz on %s:%d", settings.metrics.host,
-             server.server_address[1])
+    log.info("serving /metrics, /healthz, /readyz on %s:%d", listen.host, server.server_address[1])
     daemon.start()
     stop.wait()
     daemon.shutdown()

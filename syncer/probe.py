@@ -31,6 +31,7 @@ import http.cookiejar
 import json
 import logging
 import random
+import re
 import socket
 import ssl
 import string
@@ -128,6 +129,11 @@ class _Stop(Exception):
 # --------------------------------------------------------------------------- registry URLs
 
 
+def _safe_key(host: str) -> str:
+    """The key for messages, without any ``user:password@`` someone may have put in it."""
+    return re.sub(r"[^/@]*@", "***@", host)
+
+
 def registry_url(host: str) -> str:
     """Map an ``auths`` key to the base HTTPS URL whose ``/v2/`` is probed.
 
@@ -139,21 +145,22 @@ def registry_url(host: str) -> str:
     key = host.strip()
     lowered = key.lower()
     if lowered.startswith("http://"):
-        raise InsecureRegistryError(f"registry {host!r} is plain HTTP; only HTTPS is probed")
+        raise InsecureRegistryError(
+            f"registry {_safe_key(host)!r} is plain HTTP; only HTTPS is probed")
     if lowered.startswith("https://"):
         key = key[len("https://") :]
     elif "://" in key:
-        raise ValueError(f"registry key {host!r} has an unsupported scheme")
+        raise ValueError(f"registry key {_safe_key(host)!r} has an unsupported scheme")
     hostport = key.split("/", 1)[0].lower()
     if not hostport or "@" in hostport or any(c.isspace() for c in hostport):
-        raise ValueError(f"registry key {host!r} does not name a host")
+        raise ValueError(f"registry key {_safe_key(host)!r} does not name a host")
     try:
         parts = urlsplit("https://" + hostport)
         port = parts.port  # raises ValueError on a non-numeric or out-of-range port
     except ValueError:
-        raise ValueError(f"registry key {host!r} does not name a host") from None
+        raise ValueError(f"registry key {_safe_key(host)!r} does not name a host") from None
     if not parts.hostname or hostport.endswith(":"):
-        raise ValueError(f"registry key {host!r} does not name a host")
+        raise ValueError(f"registry key {_safe_key(host)!r} does not name a host")
     if parts.hostname in DOCKER_HUB_HOSTS and port is None:
         return DOCKER_HUB_URL
     return "https://" + hostport
@@ -341,7 +348,7 @@ class _TLSAdapter(HTTPAdapter):
         pool_kwargs["ssl_context"] = self._context
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
 
-    def build_connection_pool_key_attributes(  # type: ignore[override]
+    def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
     ) -> tuple[Any, Any]:
         host_params, base_kwargs = super().build_connection_pool_key_attributes(
@@ -407,8 +414,13 @@ def _origin(url: str) -> tuple[str, str, int]:
 
 
 def _netloc(url: str) -> str:
-    parts = urlsplit(url)
-    return (parts.hostname or "?") + (f":{parts.port}" if parts.port else "")
+    """``host[:port]`` of a URL for messages: never its userinfo, path or query."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "?"
+    return (parts.hostname or "?") + (f":{port}" if port else "")
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -427,6 +439,25 @@ def _retry_after(value: str | None) -> float | None:
             when = when.replace(tzinfo=UTC)
         seconds = (when - datetime.now(UTC)).total_seconds()
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+# What OpenSSL reports when the peer answers a ClientHello with plain-text HTTP.
+_PLAIN_HTTP_SSL_REASONS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "RECORD_LAYER_FAILURE"})
+
+
+def _speaks_plain_http(exc: BaseException) -> bool:
+    """True when a TLS failure means the server is a plain-HTTP endpoint."""
+    stack, seen = [exc], set()
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, ssl.SSLError) and err.reason in _PLAIN_HTTP_SSL_REASONS:
+            return True
+        stack += [e for e in (err.__cause__, err.__context__, getattr(err, "reason", None), *err.args)
+                  if isinstance(e, BaseException)]
+    return False
 
 
 def _cause(exc: BaseException) -> str:
@@ -485,7 +516,7 @@ class Prober:
             result = ProbeResult(stop.outcome, stop.reason, stop.detail, self._clock() - start)
         else:  # pragma: no cover - _probe always ends with _Stop
             raise AssertionError("probe ended without a verdict")
-        log.debug("probe %s: %s (%s) in %.3fs", host, result.outcome, result.reason,
+        log.debug("probe %s: %s (%s) in %.3fs", _safe_key(host), result.outcome, result.reason,
                   result.duration)
         return result
 
@@ -496,11 +527,12 @@ class Prober:
             base = registry_url(host)
         except InsecureRegistryError:
             raise _Stop(Outcome.ERROR, "insecure",
-                        f"{host} is a plain-HTTP registry; credentials are only sent over HTTPS "
+                        f"{_safe_key(host)} is a plain-HTTP registry; credentials are only sent "
+                        "over HTTPS "
                         "(nothing was sent)") from None
         except ValueError:
             raise _Stop(Outcome.ERROR, "invalid_host",
-                        f"{host!r} is not a registry host (nothing was sent)") from None
+                        f"{_safe_key(host)!r} is not a registry host (nothing was sent)") from None
         name = _netloc(base)
         user = credential.username
         # Never send empty credentials (docker login refuses them too). A ':' cannot be carried
@@ -582,7 +614,11 @@ class Prober:
 
     def _token_url(self, name: str, challenge: Challenge, user: str) -> str:
         realm = challenge.params["realm"]
-        parts = urlsplit(realm)
+        try:
+            parts = urlsplit(realm)
+        except ValueError:
+            raise _Stop(Outcome.ERROR, "protocol",
+                        f"{name} sent a Bearer realm that is not a URL") from None
         if parts.scheme.lower() == "http":
             # Credentials would cross the network in clear text: refuse before any request.
             raise _Stop(Outcome.ERROR, "insecure",
@@ -677,6 +713,9 @@ class Prober:
             try:
                 resp = self._get_following(url, authorization, what)
             except requests.exceptions.SSLError as exc:  # before ConnectionError: a subclass
+                if _speaks_plain_http(exc):
+                    raise _Stop(Outcome.ERROR, "insecure", f"{what} answers in plain HTTP, not HTTPS; "
+                                "credentials are never sent to it") from None
                 raise _Stop(Outcome.ERROR, "tls",
                             f"TLS verification of {what} failed ({_cause(exc)})") from None
             except requests.exceptions.Timeout:
@@ -686,6 +725,10 @@ class Prober:
             except requests.exceptions.RequestException as exc:
                 raise _Stop(Outcome.ERROR, "connection",
                             f"request to {what} failed ({type(exc).__name__})") from None
+            except ValueError:
+                # requests parses Location even with allow_redirects=False (Response.next).
+                raise _Stop(Outcome.ERROR, "protocol",
+                            f"{what} sent a response that cannot be parsed") from None
             else:
                 status = resp.status_code
                 if status != 429 and not 500 <= status <= 599:
@@ -715,8 +758,13 @@ class Prober:
             if resp.status_code not in _REDIRECT_CODES or not location:
                 return resp
             resp.close()
-            target = urljoin(url, location)
-            if _origin(target) != origin:
+            try:
+                target = urljoin(url, location)
+                same = _origin(target) == origin
+            except ValueError:
+                raise _Stop(Outcome.ERROR, "protocol",
+                            f"{what} redirected to an invalid location") from None
+            if not same:
                 if urlsplit(target).scheme.lower() != "https":
                     raise _Stop(Outcome.ERROR, "insecure",
                                 f"{what} redirected to plain HTTP; not followed")

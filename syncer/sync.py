@@ -332,8 +332,8 @@ class Syncer:
         merged, report.changes = dockerconfig.merge(
             current, {h: (login.credential, login.registry.email) for h, login in wanted.items()})
         annotations = self._annotations(snapshot, merged, wanted)
-        unchanged = merged == current and snapshot is not None and all(
-            snapshot.annotations.get(k) == v for k, v in annotations.items() if k != LAST_WRITE)
+        unchanged = (snapshot is not None and merged == current
+                     and snapshot.annotations.get(MANAGED_HOSTS, "") == annotations[MANAGED_HOSTS])
         if unchanged:
             report.outcome = TargetOutcome.UNCHANGED
             return report

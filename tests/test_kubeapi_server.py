@@ -13,13 +13,14 @@ from typing import Any
 import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.support.kube_fixtures import ADMIN_TOKEN, kube_client
 from tests.support.kubeapi import (
-    KubeAPIServer,
     JsonPatchError,
+    KubeAPIServer,
     RequestRecord,
     json_patch,
     merge_patch,
@@ -78,9 +79,7 @@ def raw(
     """A raw HTTPS request (for what the typed client cannot express)."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
     data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
-    return requests.request(
-        method, kube.url + path, headers=headers, data=data, verify=ca_file, timeout=10
-    )
+    return requests.request(method, kube.url + path, headers=headers, data=data, verify=ca_file, timeout=10)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,9 +131,7 @@ def test_merge_and_strategic_merge() -> None:
     assert smp["l"] == [{"name": "y"}]  # no merge key: replaced
     deleted = strategic_merge_patch(smp, {"imagePullSecrets": [{"name": "x", "$patch": "delete"}]})
     assert deleted["imagePullSecrets"] == [{"name": "y"}]
-    replaced = strategic_merge_patch(
-        smp, {"imagePullSecrets": [{"$patch": "replace"}, {"name": "z"}]}
-    )
+    replaced = strategic_merge_patch(smp, {"imagePullSecrets": [{"$patch": "replace"}, {"name": "z"}]})
     assert replaced["imagePullSecrets"] == [{"name": "z"}]
 
 
@@ -210,7 +207,10 @@ def test_put_resource_version_conflict(kube: KubeAPIServer, core: client.CoreV1A
 
 def test_patch_content_types(kube: KubeAPIServer, core: client.CoreV1Api, ca_file: str) -> None:
     kube.put_secret(
-        "default", "p", type=DOCKERCFG, data={".dockerconfigjson": dockercfg()},
+        "default",
+        "p",
+        type=DOCKERCFG,
+        data={".dockerconfigjson": dockercfg()},
         annotations={"example.com/owner": "me"},
     )
     # dict body -> strategic merge patch (the client's default)
@@ -218,7 +218,9 @@ def test_patch_content_types(kube: KubeAPIServer, core: client.CoreV1Api, ca_fil
     assert out.metadata.labels == {"a": "1"} and out.metadata.annotations
     # merge patch: null deletes
     out = core.patch_namespaced_secret(
-        "p", "default", {"metadata": {"labels": {"a": None, "b": "2"}}},
+        "p",
+        "default",
+        {"metadata": {"labels": {"a": None, "b": "2"}}},
         _content_type="application/merge-patch+json",
     )
     assert out.metadata.labels == {"b": "2"}
@@ -246,13 +248,18 @@ def test_patch_content_types(kube: KubeAPIServer, core: client.CoreV1Api, ca_fil
         )
     assert err.value.status == 422
     # json patch must be an array: an object -> 400 (the client would silently switch types)
-    resp = raw(kube, "PATCH", "/api/v1/namespaces/default/secrets/p", {"data": {}},
-               "application/json-patch+json", ca_file=ca_file)
+    resp = raw(
+        kube,
+        "PATCH",
+        "/api/v1/namespaces/default/secrets/p",
+        {"data": {}},
+        "application/json-patch+json",
+        ca_file=ca_file,
+    )
     assert resp.status_code == 400 and resp.json()["reason"] == "BadRequest"
     # apply patches and unknown types -> 415
     for ctype in ("application/apply-patch+yaml", "text/plain", "application/json"):
-        resp = raw(kube, "PATCH", "/api/v1/namespaces/default/secrets/p", {}, ctype,
-                   ca_file=ca_file)
+        resp = raw(kube, "PATCH", "/api/v1/namespaces/default/secrets/p", {}, ctype, ca_file=ca_file)
         assert resp.status_code == 415, ctype
         assert resp.json()["reason"] == "UnsupportedMediaType"
     with pytest.raises(ApiException) as err:
@@ -278,9 +285,9 @@ def test_patch_resource_version_precondition(kube: KubeAPIServer, core: client.C
     current = kube.get_secret("default", "p")
     assert current is not None
     ok = core.patch_namespaced_secret(
-        "p", "default",
-        {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-         "data": {"k": b64("3")}},
+        "p",
+        "default",
+        {"metadata": {"resourceVersion": current["metadata"]["resourceVersion"]}, "data": {"k": b64("3")}},
     )
     assert ok.data == {"k": b64("3")}
 
@@ -300,13 +307,19 @@ def test_secret_validation(kube: KubeAPIServer, core: client.CoreV1Api) -> None:
     st = invalid({"metadata": {"name": "d1"}, "type": DOCKERCFG, "data": {"other": b64("{}")}})
     assert "data[.dockerconfigjson]: Required value" in st["message"]
     st = invalid(
-        {"metadata": {"name": "d2"}, "type": DOCKERCFG,
-         "stringData": {".dockerconfigjson": "{not json " + SECRET_VALUE}}
+        {
+            "metadata": {"name": "d2"},
+            "type": DOCKERCFG,
+            "stringData": {".dockerconfigjson": "{not json " + SECRET_VALUE},
+        }
     )
     assert "<secret contents redacted>" in st["message"]
     invalid(
-        {"metadata": {"name": "d3"}, "type": DOCKERCFG,
-         "data": {".dockerconfigjson": b64(json.dumps([SECRET_VALUE]))}}
+        {
+            "metadata": {"name": "d3"},
+            "type": DOCKERCFG,
+            "data": {".dockerconfigjson": b64(json.dumps([SECRET_VALUE]))},
+        }
     )
     st = invalid({"metadata": {"name": "Bad_Name"}, "data": {}})
     assert st["message"].startswith('Secret "Bad_Name" is invalid: metadata.name: Invalid value')
@@ -370,9 +383,7 @@ def test_namespaces_missing_and_terminating(kube: KubeAPIServer, core: client.Co
 
 
 def test_dry_run(kube: KubeAPIServer, core: client.CoreV1Api) -> None:
-    out = core.create_namespaced_secret(
-        "default", {"metadata": {"name": "dry"}, "data": {}}, dry_run="All"
-    )
+    out = core.create_namespaced_secret("default", {"metadata": {"name": "dry"}, "data": {}}, dry_run="All")
     assert out.metadata.name == "dry" and kube.get_secret("default", "dry") is None
     with pytest.raises(ApiException) as err:
         core.create_namespaced_secret(
@@ -380,9 +391,7 @@ def test_dry_run(kube: KubeAPIServer, core: client.CoreV1Api) -> None:
         )
     assert err.value.status == 422
     kube.put_secret("default", "real", data={"k": b"1"})
-    out = core.patch_namespaced_secret(
-        "real", "default", {"data": {"k": b64("2")}}, dry_run="All"
-    )
+    out = core.patch_namespaced_secret("real", "default", {"data": {"k": b64("2")}}, dry_run="All")
     assert out.data == {"k": b64("2")}
     assert kube.secret_data("default", "real") == {"k": b"1"}
     core.delete_namespaced_secret("real", "default", dry_run="All")
@@ -427,7 +436,9 @@ def test_service_account_strategic_merge(kube: KubeAPIServer, core: client.CoreV
     out = core.patch_namespaced_service_account("sa", "default", {"imagePullSecrets": [{"name": "b"}]})
     assert [r.name for r in out.image_pull_secrets] == ["a", "b"]
     out = core.patch_namespaced_service_account(
-        "sa", "default", {"imagePullSecrets": [{"name": "c"}]},
+        "sa",
+        "default",
+        {"imagePullSecrets": [{"name": "c"}]},
         _content_type="application/merge-patch+json",
     )
     assert [r.name for r in out.image_pull_secrets] == ["c"]
@@ -439,9 +450,7 @@ def test_service_account_strategic_merge(kube: KubeAPIServer, core: client.CoreV
 # auth
 
 
-def test_rbac_resource_names_and_401(
-    kube: KubeAPIServer, tmp_path: Path, ca_file: str
-) -> None:
+def test_rbac_resource_names_and_401(kube: KubeAPIServer, tmp_path: Path, ca_file: str) -> None:
     kube.add_namespace("team")
     kube.put_secret("team", "mine", data={"k": b"1"})
     kube.put_secret("team", "other", data={"k": b"1"})
@@ -449,12 +458,14 @@ def test_rbac_resource_names_and_401(
         "limited",
         user="syncer",
         rules=[
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
-             "resourceNames": ["mine"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"],
-             "resourceNames": ["new"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"],
-             "namespaces": ["default"]},
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "verbs": ["get", "patch"],
+                "resourceNames": ["mine"],
+            },
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"], "resourceNames": ["new"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"], "namespaces": ["default"]},
         ],
     )
     api = user_api(kube, tmp_path, "limited")
@@ -521,7 +532,8 @@ def test_token_review_and_sa_tokens(kube: KubeAPIServer, api: client.ApiClient, 
     assert review(token).authenticated is False  # default audience is the API server's
     assert review("garbage").authenticated is False
     assert review("a.b.c").authenticated is False
-    forged = jwt.encode({**claims}, "not-the-key", algorithm="HS256")
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode({**claims}, other_key, algorithm="RS256")
     assert review(forged, ["vault"]).authenticated is False
     assert review(ADMIN_TOKEN).user.username == "admin"
     # the SA token is a bearer token for that SA, until the SA goes away
@@ -555,8 +567,12 @@ def test_self_subject_access_review(kube: KubeAPIServer, tmp_path: Path) -> None
         "ro",
         user="ro",
         rules=[
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"],
-             "namespaces": ["default"]},
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "verbs": ["get", "list"],
+                "namespaces": ["default"],
+            },
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
         ],
     )
@@ -653,9 +669,7 @@ def test_events_both_apis(kube: KubeAPIServer, api: client.ApiClient) -> None:
 
 
 def test_request_records(kube: KubeAPIServer, core: client.CoreV1Api) -> None:
-    core.create_namespaced_secret(
-        "default", {"metadata": {"name": "r"}, "stringData": {"k": SECRET_VALUE}}
-    )
+    core.create_namespaced_secret("default", {"metadata": {"name": "r"}, "stringData": {"k": SECRET_VALUE}})
     core.read_namespaced_secret("r", "default")
     core.patch_namespaced_secret("r", "default", {"metadata": {"labels": {"a": "b"}}})
     with pytest.raises(ApiException):
@@ -667,9 +681,18 @@ def test_request_records(kube: KubeAPIServer, core: client.CoreV1Api) -> None:
     assert kube.writes("secrets") == 3  # the 409 create does not count
     rec = kube.requests[0]
     assert rec == RequestRecord(
-        method="POST", path="/api/v1/namespaces/default/secrets", query={}, verb="create",
-        api_group="", resource="secrets", namespace="default", name="r", subresource=None,
-        user="admin", status=201, content_type="",  # the client sends no type on create
+        method="POST",
+        path="/api/v1/namespaces/default/secrets",
+        query={},
+        verb="create",
+        api_group="",
+        resource="secrets",
+        namespace="default",
+        name="r",
+        subresource=None,
+        user="admin",
+        status=201,
+        content_type="",  # the client sends no type on create
     )
     assert SECRET_VALUE not in repr(kube.requests)
     kube.reset_requests()
@@ -708,8 +731,10 @@ def test_faults(kube: KubeAPIServer, core: client.CoreV1Api, ca_file: str) -> No
     # faults are consumed in order
     kube.add_fault(on_secret, status=503)
     kube.add_fault(on_secret, status=504)
-    codes = [raw(kube, "GET", "/api/v1/namespaces/default/secrets/f", ca_file=ca_file).status_code
-             for _ in range(3)]
+    codes = [
+        raw(kube, "GET", "/api/v1/namespaces/default/secrets/f", ca_file=ca_file).status_code
+        for _ in range(3)
+    ]
     assert codes == [503, 504, 200]
     assert kube.writes() == 0
 
@@ -770,8 +795,6 @@ def test_discovery_and_version(kube: KubeAPIServer, api: client.ApiClient, ca_fi
     groups = client.ApisApi(api).get_api_versions()
     assert "coordination.k8s.io" in {g.name for g in groups.groups}
     resources = client.CoreV1Api(api).get_api_resources()
-    assert {"secrets", "namespaces", "serviceaccounts", "events"} <= {
-        r.name for r in resources.resources
-    }
+    assert {"secrets", "namespaces", "serviceaccounts", "events"} <= {r.name for r in resources.resources}
     resp = raw(kube, "GET", "/apis/example.com/v1/widgets", ca_file=ca_file)
     assert resp.status_code == 404

@@ -209,7 +209,7 @@ def test_make_session_bad_ca_file(tmp_path: pytest.TempPathFactory) -> None:
 
 
 def test_make_session_ignores_environment_and_cookies(
-    fake_server: FakeFactory, prober: Prober, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+    registry_fake_server: FakeFactory, prober: Prober, monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
     # A proxy that does not exist: if the session honoured it, the probe would fail.
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
@@ -221,8 +221,12 @@ def test_make_session_ignores_environment_and_cookies(
         return reply
 
     seen_cookies: list[str] = []
-    server = fake_server(lambda req: (seen_cookies.append(req.headers.get("cookie", "")),
-                                      respond(req))[1])
+
+    def recording(req: Incoming) -> Reply:
+        seen_cookies.append(req.headers.get("cookie", ""))
+        return respond(req)
+
+    server = registry_fake_server(recording)
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
     assert seen_cookies and not any(seen_cookies), "cookies must never be replayed"
@@ -282,9 +286,11 @@ def test_plain_http_registry_refused(plain_registry: Registry, prober: Prober) -
     before = plain_registry.v2_requests()
     result = prober.probe(f"http://{plain_registry.host}", ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "insecure")
-    # The bare key is probed over HTTPS only: a plain server fails the TLS handshake.
+    # The bare key is probed over HTTPS only: a plain server fails the TLS handshake, and that
+    # failure is recognised as "this is not an HTTPS registry", never a mere TLS hiccup.
     result = prober.probe(plain_registry.host, ROBOT)
-    assert (result.outcome, result.reason) == (Outcome.ERROR, "tls")
+    assert (result.outcome, result.reason) == (Outcome.ERROR, "insecure")
+    assert "plain HTTP" in result.detail
     assert plain_registry.v2_requests() == before
 
 
@@ -364,10 +370,10 @@ def test_token_response_shapes(
 
 
 def test_challenge_without_service(
-    token_registry: TokenRegistry, fake_server: FakeFactory, prober: Prober
+    token_registry: TokenRegistry, registry_fake_server: FakeFactory, prober: Prober
 ) -> None:
     ts = token_registry.token_server  # nvcr.io style: no service parameter
-    server = fake_server(bearer_registry(ts, f'Bearer realm="{ts.realm}"'))
+    server = registry_fake_server(bearer_registry(ts, f'Bearer realm="{ts.realm}"'))
     result = prober.probe(server.host, Credential("$oauthtoken", DEFAULT_USERS["$oauthtoken"]))
     assert result.outcome is Outcome.OK
     [req] = ts.requests
@@ -375,11 +381,11 @@ def test_challenge_without_service(
 
 
 def test_realm_with_query_string(
-    token_registry: TokenRegistry, fake_server: FakeFactory, prober: Prober
+    token_registry: TokenRegistry, registry_fake_server: FakeFactory, prober: Prober
 ) -> None:
     ts = token_registry.token_server
     realm = f"{ts.realm}?tenant=acme&service=stale&scope=repository:x:pull"
-    server = fake_server(bearer_registry(ts, f'Bearer realm="{realm}",service="svc"'))
+    server = registry_fake_server(bearer_registry(ts, f'Bearer realm="{realm}",service="svc"'))
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
     [req] = ts.requests
     assert req.query["tenant"] == ["acme"]
@@ -388,20 +394,20 @@ def test_realm_with_query_string(
 
 
 def test_realm_on_another_host(
-    token_registry: TokenRegistry, fake_server: FakeFactory, prober: Prober
+    token_registry: TokenRegistry, registry_fake_server: FakeFactory, prober: Prober
 ) -> None:
     ts = token_registry.token_server  # Docker Hub: registry-1.docker.io -> auth.docker.io
     realm = f"{ts.url_for('localhost')}/token"
-    server = fake_server(bearer_registry(ts, f'Bearer realm="{realm}",service="svc"'))
+    server = registry_fake_server(bearer_registry(ts, f'Bearer realm="{realm}",service="svc"'))
     result = prober.probe(server.host, ROBOT)
     assert result.outcome is Outcome.OK
     assert ts.requests[0].host == f"localhost:{ts.port}"
     assert f"localhost:{ts.port}" in result.detail
 
 
-def test_http_realm_refused(fake_server: FakeFactory, prober: Prober) -> None:
-    realm_server = fake_server(lambda _req: Reply.json(200, {"token": "t"}), tls=False)
-    server = fake_server(basic_registry({}, f'Bearer realm="{realm_server.url}/token"'))
+def test_http_realm_refused(registry_fake_server: FakeFactory, prober: Prober) -> None:
+    realm_server = registry_fake_server(lambda _req: Reply.json(200, {"token": "t"}), tls=False)
+    server = registry_fake_server(basic_registry({}, f'Bearer realm="{realm_server.url}/token"'))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "insecure")
     assert realm_server.requests == []
@@ -409,10 +415,10 @@ def test_http_realm_refused(fake_server: FakeFactory, prober: Prober) -> None:
 
 
 def test_bearer_preferred_over_basic(
-    token_registry: TokenRegistry, fake_server: FakeFactory, prober: Prober
+    token_registry: TokenRegistry, registry_fake_server: FakeFactory, prober: Prober
 ) -> None:
     ts = token_registry.token_server
-    server = fake_server(bearer_registry(ts, 'Basic realm="b"', f'Bearer realm="{ts.realm}"'))
+    server = registry_fake_server(bearer_registry(ts, 'Basic realm="b"', f'Bearer realm="{ts.realm}"'))
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
     assert [r.auth_scheme for r in server.requests] == [None, "bearer"]
 
@@ -426,12 +432,12 @@ def test_bearer_preferred_over_basic(
     (),  # 401 without any challenge
 ])
 def test_malformed_challenge(
-    fake_server: FakeFactory, prober: Prober, challenges: tuple[str, ...]
+    registry_fake_server: FakeFactory, prober: Prober, challenges: tuple[str, ...]
 ) -> None:
     def respond(req: Incoming) -> Reply:
         return Reply(401, [("WWW-Authenticate", line) for line in challenges])
 
-    server = fake_server(respond)
+    server = registry_fake_server(respond)
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "protocol")
     assert authed(server) == 0
@@ -445,15 +451,15 @@ def test_malformed_challenge(
     ('Bearer service="no-realm"', 'Basic realm="fake"'),  # unusable Bearer, usable Basic
 ])
 def test_multiple_challenges(
-    fake_server: FakeFactory, prober: Prober, challenges: tuple[str, ...]
+    registry_fake_server: FakeFactory, prober: Prober, challenges: tuple[str, ...]
 ) -> None:
-    server = fake_server(basic_registry({"robot$ci": ROBOT.password}, *challenges))
+    server = registry_fake_server(basic_registry({"robot$ci": ROBOT.password}, *challenges))
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
 
 
 @pytest.mark.parametrize("challenge", ["Negotiate", "NTLM", 'Digest realm="d", nonce="n"'])
-def test_unknown_scheme_only(fake_server: FakeFactory, prober: Prober, challenge: str) -> None:
-    server = fake_server(basic_registry({}, challenge))
+def test_unknown_scheme_only(registry_fake_server: FakeFactory, prober: Prober, challenge: str) -> None:
+    server = registry_fake_server(basic_registry({}, challenge))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "protocol")
     assert "no supported auth scheme" in result.detail
@@ -463,25 +469,25 @@ def test_unknown_scheme_only(fake_server: FakeFactory, prober: Prober, challenge
 # --------------------------------------------------------------------------- other answers (fakes)
 
 
-def test_registry_without_auth_is_unverified(fake_server: FakeFactory, prober: Prober) -> None:
-    server = fake_server(lambda _req: Reply.json(200, {}))
+def test_registry_without_auth_is_unverified(registry_fake_server: FakeFactory, prober: Prober) -> None:
+    server = registry_fake_server(lambda _req: Reply.json(200, {}))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.UNVERIFIED, "unverified")
     assert not result.indeterminate
     assert authed(server) == 0 and len(server.requests) == 1
 
 
-def test_404_on_v2(fake_server: FakeFactory, prober: Prober, sleeps: list[float]) -> None:
-    server = fake_server(lambda _req: Reply(404, body=b"not found"))
+def test_404_on_v2(registry_fake_server: FakeFactory, prober: Prober, sleeps: list[float]) -> None:
+    server = registry_fake_server(lambda _req: Reply(404, body=b"not found"))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "http_404")
     assert len(server.requests) == 1 and sleeps == []
 
 
 def test_timeout(
-    fake_server: FakeFactory, make_prober: Callable[..., Prober], sleeps: list[float]
+    registry_fake_server: FakeFactory, make_prober: Callable[..., Prober], sleeps: list[float]
 ) -> None:
-    server = fake_server(lambda _req: Reply(200, delay=0.6))
+    server = registry_fake_server(lambda _req: Reply(200, delay=0.6))
     result = make_prober(timeout=0.15, retries=1).probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "timeout")
     assert result.indeterminate
@@ -495,8 +501,8 @@ def test_connection_refused(make_prober: Callable[..., Prober], sleeps: list[flo
     assert len(sleeps) == 2 and all(0 < s <= 8 for s in sleeps)
 
 
-def test_5xx_then_recovery(fake_server: FakeFactory, prober: Prober, sleeps: list[float]) -> None:
-    server = fake_server(sequence(Reply(503), Reply(502),
+def test_5xx_then_recovery(registry_fake_server: FakeFactory, prober: Prober, sleeps: list[float]) -> None:
+    server = registry_fake_server(sequence(Reply(503), Reply(502),
                                   then=basic_registry({"robot$ci": ROBOT.password})))
     result = prober.probe(server.host, ROBOT)
     assert result.outcome is Outcome.OK
@@ -504,15 +510,15 @@ def test_5xx_then_recovery(fake_server: FakeFactory, prober: Prober, sleeps: lis
     assert len(server.requests) == 4
 
 
-def test_5xx_persistent(fake_server: FakeFactory, prober: Prober, sleeps: list[float]) -> None:
-    server = fake_server(lambda _req: Reply(500, body=b"boom"))
+def test_5xx_persistent(registry_fake_server: FakeFactory, prober: Prober, sleeps: list[float]) -> None:
+    server = registry_fake_server(lambda _req: Reply(500, body=b"boom"))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "http_500")
     assert len(server.requests) == 3 and len(sleeps) == 2  # retries=2
 
 
 def test_5xx_on_login_request_retried(
-    fake_server: FakeFactory, prober: Prober, sleeps: list[float]
+    registry_fake_server: FakeFactory, prober: Prober, sleeps: list[float]
 ) -> None:
     base = basic_registry({"robot$ci": ROBOT.password})
     failures = [Reply(503)]
@@ -520,7 +526,7 @@ def test_5xx_on_login_request_retried(
     def respond(req: Incoming) -> Reply:
         return failures.pop() if req.authorization and failures else base(req)
 
-    server = fake_server(respond)
+    server = registry_fake_server(respond)
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
     assert authed(server) == 2 and len(sleeps) == 1
 
@@ -530,10 +536,10 @@ def test_5xx_on_login_request_retried(
     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # a date in the past: retry now
 ])
 def test_429_retry_after(
-    fake_server: FakeFactory, prober: Prober, sleeps: list[float], retry_after: str,
+    registry_fake_server: FakeFactory, prober: Prober, sleeps: list[float], retry_after: str,
     expected: float
 ) -> None:
-    server = fake_server(sequence(
+    server = registry_fake_server(sequence(
         Reply(429, [("Retry-After", retry_after)], _errors("TOOMANYREQUESTS")),
         then=basic_registry({"robot$ci": ROBOT.password})))
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
@@ -541,41 +547,41 @@ def test_429_retry_after(
 
 
 def test_429_at_token_endpoint(
-    token_registry: TokenRegistry, fake_server: FakeFactory, prober: Prober, sleeps: list[float]
+    token_registry: TokenRegistry, registry_fake_server: FakeFactory, prober: Prober, sleeps: list[float]
 ) -> None:
     ts = token_registry.token_server
-    limiter = fake_server(sequence(Reply(429, [("Retry-After", "3")]), then=ts.respond))
-    server = fake_server(bearer_registry(ts, f'Bearer realm="{limiter.url}/token"'))
+    limiter = registry_fake_server(sequence(Reply(429, [("Retry-After", "3")]), then=ts.respond))
+    server = registry_fake_server(bearer_registry(ts, f'Bearer realm="{limiter.url}/token"'))
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
     assert sleeps == [3.0]
 
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_never_retries_401_403(
-    fake_server: FakeFactory, make_prober: Callable[..., Prober], sleeps: list[float], status: int
+    registry_fake_server: FakeFactory, make_prober: Callable[..., Prober], sleeps: list[float], status: int
 ) -> None:
     def respond(req: Incoming) -> Reply:
         code = status if req.authorization else 401
         return Reply(code, [("WWW-Authenticate", 'Basic realm="r"')], _errors("DENIED"))
 
-    server = fake_server(respond)
+    server = registry_fake_server(respond)
     result = make_prober(retries=5).probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.REJECTED, "rejected")
     assert authed(server) == 1 and len(server.requests) == 2
     assert sleeps == []
 
 
-def test_403_on_anonymous_ping(fake_server: FakeFactory, prober: Prober) -> None:
-    server = fake_server(lambda _req: Reply(403, body=_errors("DENIED")))
+def test_403_on_anonymous_ping(registry_fake_server: FakeFactory, prober: Prober) -> None:
+    server = registry_fake_server(lambda _req: Reply(403, body=_errors("DENIED")))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "http_403")
     assert authed(server) == 0
 
 
 def test_cross_host_redirect_keeps_credentials(
-    fake_server: FakeFactory, prober: Prober
+    registry_fake_server: FakeFactory, prober: Prober
 ) -> None:
-    other = fake_server(lambda _req: Reply.json(200, {}))
+    other = registry_fake_server(lambda _req: Reply.json(200, {}))
     login = basic_registry({"robot$ci": ROBOT.password})
 
     def respond(req: Incoming) -> Reply:
@@ -583,28 +589,28 @@ def test_cross_host_redirect_keeps_credentials(
             return Reply(307, [("Location", f"{other.url_for('localhost')}/v2/")])
         return login(req)
 
-    server = fake_server(respond)
+    server = registry_fake_server(respond)
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "redirect")
     assert f"localhost:{other.port}" in result.detail
     assert other.requests == []  # not followed at all: Authorization never left the registry
 
 
-def test_cross_host_redirect_of_anonymous_ping(fake_server: FakeFactory, prober: Prober) -> None:
-    other = fake_server(lambda _req: Reply.json(200, {}))
-    server = fake_server(lambda _req: Reply(302, [("Location", f"{other.url}/v2/")]))
+def test_cross_host_redirect_of_anonymous_ping(registry_fake_server: FakeFactory, prober: Prober) -> None:
+    other = registry_fake_server(lambda _req: Reply.json(200, {}))
+    server = registry_fake_server(lambda _req: Reply(302, [("Location", f"{other.url}/v2/")]))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "redirect")
     assert other.requests == []
 
 
-def test_redirect_to_http_refused(fake_server: FakeFactory, prober: Prober) -> None:
-    server = fake_server(lambda req: Reply(301, [("Location", f"http://{req.headers['host']}/v2/")]))
+def test_redirect_to_http_refused(registry_fake_server: FakeFactory, prober: Prober) -> None:
+    server = registry_fake_server(lambda req: Reply(301, [("Location", f"http://{req.headers['host']}/v2/")]))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "insecure")
 
 
-def test_same_host_redirect_followed(fake_server: FakeFactory, prober: Prober) -> None:
+def test_same_host_redirect_followed(registry_fake_server: FakeFactory, prober: Prober) -> None:
     inner = basic_registry({"robot$ci": ROBOT.password})
 
     def respond(req: Incoming) -> Reply:
@@ -613,13 +619,13 @@ def test_same_host_redirect_followed(fake_server: FakeFactory, prober: Prober) -
         req.path = "/v2/"
         return inner(req)
 
-    server = fake_server(respond)
+    server = registry_fake_server(respond)
     assert prober.probe(server.host, ROBOT).outcome is Outcome.OK
     assert [r.path for r in server.requests] == ["/v2/", "/proxy/v2/"] * 2
 
 
-def test_redirect_loop(fake_server: FakeFactory, prober: Prober) -> None:
-    server = fake_server(lambda _req: Reply(302, [("Location", "/v2/")]))
+def test_redirect_loop(registry_fake_server: FakeFactory, prober: Prober) -> None:
+    server = registry_fake_server(lambda _req: Reply(302, [("Location", "/v2/")]))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "redirect")
 
@@ -628,23 +634,44 @@ def test_redirect_loop(fake_server: FakeFactory, prober: Prober) -> None:
     Credential("", "pw"), Credential("user", ""), Credential("a:b", "pw"),
 ])
 def test_unusable_credentials_never_sent(
-    fake_server: FakeFactory, prober: Prober, credential: Credential
+    registry_fake_server: FakeFactory, prober: Prober, credential: Credential
 ) -> None:
-    server = fake_server(basic_registry({}))
+    server = registry_fake_server(basic_registry({}))
     result = prober.probe(server.host, credential)
     assert (result.outcome, result.reason) == (Outcome.REJECTED, "rejected")
     assert "nothing was sent" in result.detail
     assert server.requests == []
 
 
-def test_invalid_host(prober: Prober) -> None:
+def test_invalid_host(prober: Prober, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     result = prober.probe("not a host", ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "invalid_host")
+    # A key with userinfo is refused without echoing the secret in it.
+    for key in ("https://user:hunter2@registry.local/v2/", "http://user:hunter2@registry.local"):
+        result = prober.probe(key, ROBOT)
+        assert result.outcome is Outcome.ERROR
+        assert "hunter2" not in result.detail + caplog.text
 
 
-def test_duration_uses_injected_clock(fake_server: FakeFactory, probe_settings: ProbeSettings) -> None:
+def test_invalid_redirect_location(registry_fake_server: FakeFactory, prober: Prober) -> None:
+    server = registry_fake_server(lambda _req: Reply(302, [("Location", "https://[::1/v2/")]))
+    result = prober.probe(server.host, ROBOT)
+    assert (result.outcome, result.reason) == (Outcome.ERROR, "protocol")
+
+
+def test_invalid_realm_url(registry_fake_server: FakeFactory, prober: Prober) -> None:
+    server = registry_fake_server(basic_registry({}, 'Bearer realm="https://[::1/token"'))
+    result = prober.probe(server.host, ROBOT)
+    assert (result.outcome, result.reason) == (Outcome.ERROR, "protocol")
+    assert authed(server) == 0
+
+
+def test_duration_uses_injected_clock(
+    registry_fake_server: FakeFactory, probe_settings: ProbeSettings
+) -> None:
     ticks = iter([100.0, 102.5])
-    server = fake_server(lambda _req: Reply.json(200, {}))
+    server = registry_fake_server(lambda _req: Reply.json(200, {}))
     prober = Prober(make_session(probe_settings), probe_settings, sleep=lambda _s: None,
                     clock=lambda: next(ticks))
     assert prober.probe(server.host, ROBOT).duration == 2.5
@@ -657,7 +684,7 @@ SENTINEL = "S3ntinel:pa55-do-not-leak"
 
 
 def run_with_sentinel(
-    htpasswd_registry: Registry, token_registry: TokenRegistry, fake_server: FakeFactory,
+    htpasswd_registry: Registry, token_registry: TokenRegistry, registry_fake_server: FakeFactory,
     make_prober: Callable[..., Prober],
 ) -> tuple[list[ProbeResult], list[str]]:
     """Run many probe paths with a sentinel password; yield (results, secrets to look for)."""
@@ -684,13 +711,14 @@ def run_with_sentinel(
     ts.users[user] = "other"
     results.append(prober.probe(token_registry.host, cred))  # rejected at token endpoint
 
-    other = fake_server(lambda _req: Reply.json(200, {}))
+    other = registry_fake_server(lambda _req: Reply.json(200, {}))
     login = basic_registry({user: SENTINEL})
-    redirecting = fake_server(lambda req: Reply(307, [("Location", f"{other.url_for('localhost')}/x")])
-                              if req.authorization else login(req))
-    http_realm = fake_server(basic_registry({}, 'Bearer realm="http://127.0.0.1:1/token"'))
-    slow = fake_server(lambda _req: Reply(200, delay=0.5))
-    flaky = fake_server(sequence(Reply(503, body=SENTINEL.encode()), then=login))
+    elsewhere = [("Location", f"{other.url_for('localhost')}/x")]
+    redirecting = registry_fake_server(
+        lambda req: Reply(307, elsewhere) if req.authorization else login(req))
+    http_realm = registry_fake_server(basic_registry({}, 'Bearer realm="http://127.0.0.1:1/token"'))
+    slow = registry_fake_server(lambda _req: Reply(200, delay=0.5))
+    flaky = registry_fake_server(sequence(Reply(503, body=SENTINEL.encode()), then=login))
     for host in (redirecting.host, http_realm.host, flaky.host, f"http://{other.host}"):
         results.append(prober.probe(host, cred))
     results.append(make_prober(timeout=0.1, retries=0).probe(slow.host, cred))
@@ -703,11 +731,11 @@ def run_with_sentinel(
 
 
 def test_no_secret_in_results_or_logs(
-    htpasswd_registry: Registry, token_registry: TokenRegistry, fake_server: FakeFactory,
+    htpasswd_registry: Registry, token_registry: TokenRegistry, registry_fake_server: FakeFactory,
     make_prober: Callable[..., Prober], caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    results, secrets = run_with_sentinel(htpasswd_registry, token_registry, fake_server,
+    results, secrets = run_with_sentinel(htpasswd_registry, token_registry, registry_fake_server,
                                          make_prober)
     outcomes = {(r.outcome, r.reason) for r in results}
     # The run really went through the interesting paths.

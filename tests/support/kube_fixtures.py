@@ -28,9 +28,7 @@ def kube(ca: trustme.CA) -> Iterator[KubeAPIServer]:
         yield server
     finally:
         server.stop()
-    assert not server.internal_errors, "the kube test server crashed:\n" + "\n".join(
-        server.internal_errors
-    )
+    assert not server.internal_errors, "the kube test server crashed:\n" + "\n".join(server.internal_errors)
 
 
 @pytest.fixture
@@ -41,5 +39,7 @@ def kube_admin_kubeconfig(kube: KubeAPIServer, tmp_path: Path) -> str:
 
 def kube_client(kubeconfig_path: str | Path) -> client.ApiClient:
     """A ``kubernetes.client.ApiClient`` built from a kubeconfig file (close it when done)."""
-    api: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig_path))
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig_path)
+    )
     return api

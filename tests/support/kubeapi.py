@@ -196,7 +196,7 @@ class _Fault:
 @dataclass
 class _Hook:
     match: Callable[[RequestRecord], bool]
-    action: Callable[[], None]
+    action: Callable[[], object]
     times: int | None
 
 
@@ -388,51 +388,74 @@ def _valid_label_value(value: str) -> bool:
     return value == "" or (len(value) <= 63 and bool(_QUALIFIED_NAME_RE.fullmatch(value)))
 
 
-LabelMatcher = Callable[[dict[str, str]], bool]
+@dataclass(frozen=True)
+class LabelRequirement:
+    """One term of a label selector: op is ``in``, ``notin``, ``exists`` or ``!exists``."""
+
+    key: str
+    op: str
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Whether a label set satisfies this term (``!=``/``notin`` match a missing key)."""
+        if self.op == "exists":
+            return self.key in labels
+        if self.op == "!exists":
+            return self.key not in labels
+        if self.op == "in":
+            return labels.get(self.key) in self.values
+        return labels.get(self.key) not in self.values
 
 
-def parse_label_selector(selector: str) -> list[LabelMatcher]:
+def parse_label_selector(selector: str) -> list[LabelRequirement]:
     """Parse a kube label selector (``k=v``, ``k!=v``, ``k in (a,b)``, ``k notin (a)``, ``k``,
     ``!k``, comma = AND). Raises KubeError(400) when it does not parse."""
-    matchers: list[LabelMatcher] = []
+    reqs: list[LabelRequirement] = []
     for raw in _split_top_level(selector):
         term = raw.strip()
         if not term:
             if selector.strip():
                 raise _bad_request("unable to parse requirement: found '', expected: identifier")
             continue
-        value = ""
+        values: set[str] = set()
         m = re.fullmatch(r"(\S+?)\s+(in|notin)\s*\(([^()]*)\)", term)
         if m:
             key, op = m.group(1), m.group(2)
             values = {v.strip() for v in m.group(3).split(",")}
-            if not all(_valid_label_value(v) for v in values):
-                raise _bad_request(f"unable to parse requirement: invalid label value in {term!r}")
-            if op == "in":
-                matchers.append(lambda lb, k=key, vs=values: lb.get(k) in vs)
-            else:
-                matchers.append(lambda lb, k=key, vs=values: lb.get(k) not in vs)
         elif term.startswith("!"):
-            key = term[1:].strip()
-            matchers.append(lambda lb, k=key: k not in lb)
+            key, op = term[1:].strip(), "!exists"
         elif "!=" in term:
-            key, value = (s.strip() for s in term.split("!=", 1))
-            matchers.append(lambda lb, k=key, v=value: lb.get(k) != v)
+            key, value = (part.strip() for part in term.split("!=", 1))
+            op, values = "notin", {value}
         elif "=" in term:
-            key, value = (s.strip() for s in re.split(r"==?", term, maxsplit=1))
-            matchers.append(lambda lb, k=key, v=value: lb.get(k) == v)
+            key, value = (part.strip() for part in re.split(r"==?", term, maxsplit=1))
+            op, values = "in", {value}
         else:
-            key = term
-            matchers.append(lambda lb, k=key: k in lb)
-        if not _valid_label_key(key) or not _valid_label_value(value) or re.search(r"\s", key):
+            key, op = term, "exists"
+        if (
+            not _valid_label_key(key)
+            or re.search(r"\s", key)
+            or not all(_valid_label_value(v) for v in values)
+        ):
             raise _bad_request(f"unable to parse requirement: invalid label key or value {term!r}")
-    return matchers
+        reqs.append(LabelRequirement(key, op, frozenset(values)))
+    return reqs
 
 
-def _parse_field_selector(rt: ResourceType, selector: str) -> list[Callable[[JSON], bool]]:
+@dataclass(frozen=True)
+class _FieldRequirement:
+    path: str
+    value: str
+    negate: bool
+
+    def matches(self, obj: JSON) -> bool:
+        return (str(_get_path(obj, self.path) or "") == self.value) != self.negate
+
+
+def _parse_field_selector(rt: ResourceType, selector: str) -> list[_FieldRequirement]:
     allowed = {"metadata.name": "metadata.name", "metadata.namespace": "metadata.namespace"}
     allowed.update(_FIELD_LABELS.get((rt.group, rt.plural), {}))
-    out: list[Callable[[JSON], bool]] = []
+    out: list[_FieldRequirement] = []
     for raw in selector.split(","):
         term = raw.strip()
         if not term:
@@ -443,11 +466,7 @@ def _parse_field_selector(rt: ResourceType, selector: str) -> list[Callable[[JSO
         label, op, value = m.group(1).strip(), m.group(2), m.group(3).strip()
         if label not in allowed:
             raise _bad_request(f"field label not supported: {label}")
-        path = allowed[label]
-        if op == "!=":
-            out.append(lambda o, p=path, v=value: str(_get_path(o, p) or "") != v)
-        else:
-            out.append(lambda o, p=path, v=value: str(_get_path(o, p) or "") == v)
+        out.append(_FieldRequirement(allowed[label], value, op == "!="))
     return out
 
 
@@ -603,6 +622,9 @@ def json_patch(doc: Any, ops: list[Any]) -> Any:
             raise JsonPatchError("patch operation is not an object")
         kind = op.get("op")
         path = op.get("path")
+        src = op.get("from", "")
+        if not isinstance(path, str) or not isinstance(src, str):
+            raise JsonPatchError(f"{kind} operation has an invalid path")
         if kind in ("add", "replace", "test") and "value" not in op:
             raise JsonPatchError(f"{kind} operation has no value")
         if kind == "add":
@@ -618,10 +640,9 @@ def json_patch(doc: Any, ops: list[Any]) -> Any:
             if not _json_equal(_jp_get(doc, path), op["value"]):
                 raise JsonPatchError(f"testing value {path} failed: test failed")
         elif kind in ("move", "copy"):
-            src = op.get("from")
             value = copy.deepcopy(_jp_get(doc, src))
             if kind == "move":
-                if isinstance(path, str) and isinstance(src, str) and path.startswith(src + "/"):
+                if path.startswith(src + "/"):
                     raise JsonPatchError("move operation cannot move a value into its own child")
                 doc = _jp_remove(doc, src)
             doc = _jp_add(doc, path, value)
@@ -1276,7 +1297,7 @@ class KubeAPIServer:
         token = jwt.encode(claims, self.signing_key, algorithm="RS256", headers={"kid": "kubeapi-test"})
         with self._lock:
             self._tokens[token] = _Identity(
-                user=claims["sub"],
+                user=f"system:serviceaccount:{namespace}:{name}",
                 uid=sa_uid,
                 groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
                 rules=copy.deepcopy(rules),
@@ -1410,7 +1431,7 @@ class KubeAPIServer:
             self._faults.append(_Fault(match, status, reason, delay, reset, times))
 
     def before(
-        self, match: Callable[[RequestRecord], bool], action: Callable[[], None], times: int | None = 1
+        self, match: Callable[[RequestRecord], bool], action: Callable[[], object], times: int | None = 1
     ) -> None:
         """Run ``action`` right before a matching request is processed (e.g. a concurrent edit)."""
         with self._lock:
@@ -1769,8 +1790,8 @@ class KubeAPIServer:
                 (key, obj)
                 for key, obj in sorted(self._store(rt).items())
                 if (not rt.namespaced or req.namespace is None or key[0] == req.namespace)
-                and all(m(obj["metadata"].get("labels") or {}) for m in label_matchers)
-                and all(m(obj) for m in field_matchers)
+                and all(m.matches(obj["metadata"].get("labels") or {}) for m in label_matchers)
+                and all(m.matches(obj) for m in field_matchers)
             ]
             rv = str(self._rv)
         if start_after is not None:

@@ -26,6 +26,20 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._open: list[socket.socket] = []
 
+    def set_mode(self, mode: str) -> None:
+        """Switch behaviour; established connections are cut so clients cannot keep using them."""
+        self.mode = mode
+        if mode != "pass":
+            self.drop_connections()
+
+    def drop_connections(self) -> None:
+        open_now, self._open = self._open, []
+        for conn in open_now:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            with suppress(OSError):
+                conn.close()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -38,9 +52,7 @@ class FaultProxy:
         self._stop.set()
         self._thread.join(timeout=2)
         self._sock.close()
-        for conn in self._open:
-            with suppress(OSError):
-                conn.close()
+        self.drop_connections()
 
     def _serve(self) -> None:
         while not self._stop.is_set():

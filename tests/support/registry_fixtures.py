@@ -18,7 +18,7 @@ from tests.support.registry import FakeServer, Registry, Responder, TokenServer
 __all__ = [
     "DEFAULT_USERS",
     "TokenRegistry",
-    "fake_server",
+    "registry_fake_server",
     "htpasswd_registry",
     "htpasswd_registry_server",
     "plain_registry",
@@ -101,8 +101,8 @@ def probe_settings(ca_file: str) -> ProbeSettings:
 
 
 @pytest.fixture
-def fake_server(ca: trustme.CA) -> Iterator[Callable[..., FakeServer]]:
-    """Factory for scriptable servers: ``fake_server(responder, tls=True)``; stopped after."""
+def registry_fake_server(ca: trustme.CA) -> Iterator[Callable[..., FakeServer]]:
+    """Factory for scriptable servers: ``registry_fake_server(responder, tls=True)``; stopped after."""
     servers: list[FakeServer] = []
 
     def make(responder: Responder | None = None, tls: bool = True) -> FakeServer:

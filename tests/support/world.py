@@ -143,3 +143,67 @@ class World:
         for secret in self.forbidden_strings():
             # Never print the secret itself in the failure message.
             assert secret not in text, f"secret material leaked into {where} (len {len(secret)})"
+
+
+class DaemonProcess:
+    """``python -m syncer`` as a real child process, with its output kept for leak checks."""
+
+    def __init__(self, world: World, config: Path, port: int, *args: str) -> None:
+        import subprocess
+        import sys
+
+        self.world = world
+        self.port = port
+        self.log_path = world.tmp / f"daemon-{port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "syncer", "--config", str(config), *args],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"},
+                                     cwd=Path(__file__).parent.parent.parent)
+
+    def get(self, path: str) -> tuple[int, str]:
+        import requests
+
+        try:
+            resp = requests.get(f"http://127.0.0.1:{self.port}{path}", timeout=2)
+        except requests.ConnectionError:
+            return 0, ""
+        return resp.status_code, resp.text
+
+    def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.output()}")
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; daemon output:\n{self.output()[-3000:]}")
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=timeout)
+        self._log.close()
+        self.world.assert_no_leak(self.output(), "daemon output")
+        return self.proc.returncode
+
+
+def metric_value(text: str, metric: str, /, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus text exposition, or None if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
