@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from syncer import __version__
 from syncer.config import Settings
+from syncer.probe import REASONS
 from syncer.sync import RegistryOutcome, RegistryReport, Summary, TargetOutcome
 
-PROBE_REASONS = ("rejected", "unverified", "tls", "timeout", "connection", "http_4xx",
-                 "http_5xx", "protocol", "insecure", "redirect")
+PROBE_REASONS = tuple(r for r in REASONS if r) + ("http_4xx", "http_5xx")
 """Pre-created ``reason`` label values of syncer_registry_probe_failures_total."""
 STAGES = ("vault", "kubernetes", "probe")
 

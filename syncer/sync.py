@@ -347,7 +347,7 @@ class Syncer:
             self.store.update(snapshot, payload, annotations)
             report.outcome = TargetOutcome.UPDATED
         report.writes += 0 if self.store.dry_run else 1
-        log.info("target %s: %s", target.ref, report.line())
+        log.info("%s", report.line())
         return report
 
     def _annotations(self, snapshot: SecretSnapshot | None, merged: dockerconfig.Document,
