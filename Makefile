@@ -13,15 +13,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,lint]'
 	touch $@
 
-# Real registry and htpasswd for the tests and the demo (Debian packages).
+# Real registry and htpasswd for the tests and the demo, promtool for the alert-rule tests
+# (Debian packages; prometheus is installed without recommends and its service is not needed).
 system-deps:
-	@if ! command -v docker-registry >/dev/null || ! command -v htpasswd >/dev/null; then \
+	@if ! command -v docker-registry >/dev/null || ! command -v htpasswd >/dev/null \
+	    || ! command -v promtool >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils; \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils \
+	    && $$SUDO apt-get install -y --no-install-recommends prometheus; \
 	fi
 
 lint: venv
-	$(BIN)/ruff check syncer tests scripts
+	$(BIN)/ruff check syncer tests scripts bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -15,7 +15,7 @@ from kubernetes import client as k8s
 from kubernetes.config.config_exception import ConfigException
 from prometheus_client import CollectorRegistry
 
-from syncer import __version__, config, kube, logs, probe, vault
+from syncer import __version__, commands, config, kube, logs, probe, vault
 from syncer.config import Settings
 from syncer.events import EventRecorder
 from syncer.health import Health, make_server
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, default="info")
     parser.add_argument("--version", action="version", version=f"syncer {__version__}")
+    commands.add_subcommands(parser, LOG_LEVELS)
     return parser
 
 
@@ -155,6 +156,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     try:
         args = build_parser().parse_args(argv)
+        if args.command:
+            return commands.run(args, sys.argv[1:] if argv is None else argv, env)
         settings = load_settings(args.config, env)
         logs.setup(args.log_format, args.log_level)
         app = build_app(settings, env, args.dry_run)

@@ -8,6 +8,8 @@ caller passes in: nothing else in the package reads the environment.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -20,6 +22,7 @@ from apscheduler.triggers.cron import CronTrigger
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 AUTH_METHODS = ("token", "approle", "kubernetes")
 DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+DRIFT_MODES = ("repair", "report")
 
 
 class ConfigError(Exception):
@@ -107,6 +110,8 @@ class ProbeSettings:
     """Refuse to write credentials the registry rejects."""
     retries: int = 2
     """Retries for timeouts, 429 and 5xx (never for 401/403)."""
+    interval: float = 0.0
+    """Reuse a conclusive probe result of an unchanged login for this long; 0 = probe every cycle."""
 
 
 @dataclass(frozen=True)
@@ -202,10 +207,24 @@ class TargetSettings:
     """Hosts managed in this secret; empty means every configured registry."""
     create: bool = False
     """Create the secret (type kubernetes.io/dockerconfigjson) when missing."""
+    namespace_selector: str = ""
+    """Label selector over namespaces (instead of ``namespace``): one secret per matching namespace."""
+    service_accounts: tuple[str, ...] = ()
+    """ServiceAccounts whose imagePullSecrets get a reference to this secret when it is missing."""
+    drift: str = "repair"
+    """A managed entry changed by hand while Vault is unchanged: ``repair`` it or only ``report`` it."""
+    prune: bool = False
+    """Remove hosts the syncer once managed here that are no longer configured for this target."""
+    file: str = ""
+    """A docker ``config.json`` path kept in sync instead of a Secret (then no namespace/name)."""
 
     @property
     def ref(self) -> str:
-        """``namespace/name``, for logs and summaries."""
+        """``namespace/name`` (or the file path), for logs and summaries."""
+        if self.file:
+            return self.file
+        if self.namespace_selector and not self.namespace:
+            return f"[{self.namespace_selector}]/{self.name}"
         return f"{self.namespace}/{self.name}"
 
 
@@ -242,6 +261,43 @@ class Settings:
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HOST = re.compile(r"^(https://)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?(/[^\s]*)?$")
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_SET_TERM = re.compile(r"^(\S+)\s+(in|notin)\s*\(([^()]*)\)$")
+
+
+def selector_problem(selector: str) -> str:
+    """Why a Kubernetes label selector (``k=v``, ``k!=v``, ``k in (a,b)``, ``k notin (a)``,
+    ``k``, ``!k``, comma = AND) would be refused by the API server; empty when it is valid."""
+    terms, depth, current = [], 0, ""
+    for ch in selector:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += ch
+    terms.append(current)
+    for raw in terms:
+        term = raw.strip()
+        values: list[str] = []
+        if match := _SET_TERM.match(term):
+            key, values = match.group(1), [v.strip() for v in match.group(3).split(",")]
+            if values == [""]:
+                return f"is not a label selector: empty value set in {term!r}"
+        elif term.startswith("!"):
+            key = term[1:].strip()
+        elif "=" in term:
+            key, _, value = re.split(r"(!=|==|=)", term, maxsplit=1)
+            key, values = key.strip(), [value.strip()]
+        else:
+            key = term
+        if not _LABEL_KEY.match(key) or len(key) > 317:
+            return f"is not a label selector: bad key in {term!r}"
+        if not all(_LABEL_VALUE.match(v) for v in values):
+            return f"is not a label selector: bad value in {term!r}"
+    return ""
 
 
 def parse_duration(value: object) -> float:
@@ -249,6 +305,9 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
     if isinstance(value, int | float):
+        # TOML allows nan, inf and integers too large for a float: none is a duration.
+        if isinstance(value, int) and abs(value) > 10**12 or not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
         if value < 0:
             raise ValueError("must not be negative")
         return float(value)
@@ -272,7 +331,9 @@ class _Section:
             self.problem("", "must be a table")
 
     def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
+        # Odd keys (spaces, dots, control characters, empty) are shown quoted, as TOML writes them.
+        shown = name if _BARE_KEY.match(name) else json.dumps(name)
+        return f"{self.path}.{shown}" if self.path else shown
 
     def problem(self, name: str, message: str) -> None:
         self.problems.append(f"{self.key(name) if name else self.path}: {message}")
@@ -335,7 +396,7 @@ class _Section:
     def finish(self) -> None:
         """Report keys nobody asked for: usually typos."""
         for unknown in sorted(set(self.data) - self.seen):
-            self.problem(unknown, "unknown key")
+            self.problems.append(f"{self.key(unknown)}: unknown key")
 
 
 # --------------------------------------------------------------------------- sections
@@ -412,6 +473,7 @@ def _probe(sec: _Section) -> ProbeSettings:
         ca_cert=sec.get_str("ca_cert"),
         verify_before_write=sec.get_bool("verify_before_write", True),
         retries=sec.get_int("retries", 2, 0, 10),
+        interval=sec.get_duration("interval", 0.0, positive=False),
     )
     sec.finish()
     return settings
@@ -463,7 +525,7 @@ def _leader_election(sec: _Section, env: Mapping[str, str]) -> LeaderElectionSet
 def _metrics(sec: _Section) -> MetricsSettings:
     listen = sec.get_str("listen", "0.0.0.0:9102")
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         sec.problem("listen", f"must be HOST:PORT (got {listen!r})")
         host, port = "0.0.0.0", "9102"  # noqa: S104
     sec.finish()
@@ -511,18 +573,47 @@ def _target(sec: _Section, hosts: set[str]) -> TargetSettings:
         name=sec.get_str("name"),
         registries=sec.get_str_list("registries"),
         create=sec.get_bool("create", False),
+        namespace_selector=sec.get_str("namespace_selector").strip(),
+        service_accounts=sec.get_str_list("service_accounts"),
+        drift=sec.get_str("drift", "repair"),
+        prune=sec.get_bool("prune", False),
+        file=sec.get_str("file"),
     )
-    for key in ("namespace", "name"):
+    _file_target(sec, target)
+    if target.drift not in DRIFT_MODES:
+        sec.problem("drift", f"must be one of {', '.join(DRIFT_MODES)} (got {target.drift!r})")
+    if target.namespace and target.namespace_selector:
+        sec.problem("namespace_selector", "set either namespace or namespace_selector, not both")
+    elif target.namespace_selector and (problem := selector_problem(target.namespace_selector)):
+        sec.problem("namespace_selector", problem)
+    for key in () if target.file else ("namespace", "name"):
         value = getattr(target, key)
         if not value:
-            sec.problem(key, "is required")
+            if key == "name" or not target.namespace_selector:
+                sec.problem(key, "is required" + (" (or namespace_selector)" if key == "namespace" else ""))
         elif not _DNS_NAME.match(value) or len(value) > 253:
             sec.problem(key, f"is not a valid Kubernetes name (got {value!r})")
+    for account in target.service_accounts:
+        if not _DNS_NAME.match(account) or len(account) > 253:
+            sec.problem("service_accounts", f"is not a valid ServiceAccount name (got {account!r})")
     for host in target.registries:
         if host not in hosts:
             sec.problem("registries", f"names {host!r}, which is not a configured registry host")
     sec.finish()
     return target
+
+
+def _file_target(sec: _Section, target: TargetSettings) -> None:
+    """A file target names a path and nothing Kubernetes-specific."""
+    if not target.file:
+        return
+    if not target.file.startswith("/"):
+        sec.problem("file", f"must be an absolute path (got {target.file!r})")
+    elif target.file.endswith("/"):
+        sec.problem("file", f"must name a file, not a directory (got {target.file!r})")
+    for key in ("namespace", "name", "namespace_selector", "service_accounts"):
+        if getattr(target, key):
+            sec.problem(key, "must not be set together with file (a file target is not a Secret)")
 
 
 def _unique(items: list[Any], key: Callable[[Any], Any], path: str, what: str,
@@ -559,7 +650,8 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     if not targets and "targets" not in data:
         problems.append("targets: at least one [[targets]] entry is required")
     _unique(registries, lambda r: r.host, "registries", "host", problems)
-    _unique(targets, lambda t: (t.namespace, t.name), "targets", "namespace/name", problems)
+    _unique(targets, lambda t: (t.namespace, t.namespace_selector, t.name, t.file), "targets",
+            "namespace/name", problems)
     root.finish()
     if problems:
         raise ConfigError(problems)

@@ -55,13 +55,16 @@ class HostChange:
     """The username differs from before."""
     password_changed: bool = False
     """The password differs from before."""
+    username: str = ""
+    """The username now in the entry (not secret; shown so operators can check it)."""
 
     def describe(self) -> str:
-        """``nvcr.io: updated (password changed)`` - safe to print."""
+        """``nvcr.io: updated (password changed) as $oauthtoken`` - safe to print."""
         what = [w for w, on in (("username", self.username_changed),
                                 ("password", self.password_changed)) if on]
         suffix = f" ({' and '.join(what)} changed)" if what and self.change is Change.UPDATED else ""
-        return f"{self.host}: {self.change.value}{suffix}"
+        user = f" as {self.username}" if self.username and self.change is not Change.UNCHANGED else ""
+        return f"{self.host}: {self.change.value}{suffix}{user}"
 
 
 def empty() -> Document:
@@ -167,16 +170,18 @@ def merge(doc: Document, logins: Mapping[str, tuple[Credential, str]]) -> tuple[
 
 def _describe(host: str, old: Mapping[str, Any] | None, new: Mapping[str, Any],
               credential: Credential) -> HostChange:
+    user = credential.username
     if old is None:
-        return HostChange(host, Change.ADDED, True, True)
+        return HostChange(host, Change.ADDED, True, True, user)
     if old == new:
-        return HostChange(host, Change.UNCHANGED)
+        return HostChange(host, Change.UNCHANGED, username=user)
     before = entry_credential(old)
     return HostChange(
         host,
         Change.UPDATED,
         username_changed=before is None or before.username != credential.username,
         password_changed=before is None or before.password != credential.password,
+        username=user,
     )
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -28,6 +30,13 @@ log = logging.getLogger(__name__)
 DOCKERCONFIGJSON = ".dockerconfigjson"
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 MERGE_PATCH = "application/merge-patch+json"
+MAX_SECRET_BYTES = 1024 * 1024
+PREVIOUS = ".dockerconfigjson.previous"
+"""Data key holding the ``.dockerconfigjson`` the syncer last replaced, for ``syncer rollback``.
+It lives in the same Secret, so exactly the principals who can read the credentials can read it,
+and kubelet ignores keys other than ``.dockerconfigjson``."""
+"""Kubernetes refuses a Secret whose decoded data values add up to more than 1 MiB."""
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 class KubeErrorKind(StrEnum):
@@ -44,13 +53,17 @@ class KubeErrorKind(StrEnum):
     UNREACHABLE = "unreachable"
     TIMEOUT = "timeout"
     WRONG_TYPE = "wrong_type"
+    TOO_LARGE = "too_large"
+    IO_ERROR = "io_error"
+    """A file target could not be read or written (see syncer.filetarget)."""
 
 
 class KubeError(Exception):
-    """A failed request about one secret; the message names it and the reason."""
+    """A failed request about one object (a secret unless ``what`` says otherwise); the message
+    names it and the reason."""
 
-    def __init__(self, kind: KubeErrorKind, ref: str, message: str) -> None:
-        super().__init__(f"secret {ref}: {kind.value}: {message}")
+    def __init__(self, kind: KubeErrorKind, ref: str, message: str, what: str = "secret") -> None:
+        super().__init__(f"{what} {ref}: {kind.value}: {message}")
         self.kind = kind
         self.ref = ref
 
@@ -71,6 +84,10 @@ class SecretSnapshot:
     """Decoded ``.dockerconfigjson`` value, or None when the key is absent."""
     annotations: Mapping[str, str] = field(default_factory=dict)
     """metadata.annotations."""
+    other_bytes: int = 0
+    """Decoded size of the secret's other data keys (they count towards the 1 MiB limit)."""
+    previous: bytes | None = field(default=None, repr=False)
+    """Decoded ``.dockerconfigjson.previous`` (the content before the last write), if kept."""
 
     @property
     def ref(self) -> str:
@@ -78,19 +95,107 @@ class SecretSnapshot:
         return f"{self.namespace}/{self.name}"
 
 
+class TokenFile:
+    """Keeps the client's bearer token equal to a token file's content.
+
+    Projected ServiceAccount tokens rotate (kubelet swaps the file), and the
+    client library re-reads them at most once a minute in-cluster and never
+    for a kubeconfig ``tokenFile``. Installed as the configuration's
+    ``refresh_api_key_hook``, this stats the file before every request and
+    re-reads it when it changed; ``reload()`` forces a re-read after a 401.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._token = ""
+
+    def __repr__(self) -> str:
+        return f"TokenFile(path={self.path!r})"
+
+    def __call__(self, configuration: k8s.Configuration) -> None:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                return  # keep the last token; the API server will say if it is no good
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self._read()
+            if self._token:
+                configuration.api_key["BearerToken"] = self._token
+                configuration.api_key_prefix.pop("BearerToken", None)
+
+    def reload(self) -> bool:
+        """Re-read the file now; True if the token changed (a retry may then succeed)."""
+        with self._lock:
+            before = self._token
+            self._read()
+            return bool(self._token) and self._token != before
+
+    def _read(self) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("cannot read the Kubernetes token file %s (%s)", self.path, type(exc).__name__)
+            return
+        if token:
+            self._token = "Bearer " + token
+
+
+def _kubeconfig_token_file(path: str, context: str, env: Mapping[str, str]) -> str:
+    """The ``tokenFile`` of the kubeconfig user in use, or "" (then the token is static)."""
+    import yaml  # a dependency of the kubernetes client
+
+    if not path:
+        path = (env.get("KUBECONFIG") or "").split(os.pathsep)[0] or os.path.expanduser("~/.kube/config")
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+        name = context or doc.get("current-context", "")
+        ctx = next(c["context"] for c in doc.get("contexts") or [] if c.get("name") == name)
+        user = next(u["user"] for u in doc.get("users") or [] if u.get("name") == ctx.get("user"))
+        token_file = str(user.get("tokenFile") or "")
+    except (OSError, ValueError, yaml.YAMLError, AttributeError, KeyError, TypeError, StopIteration):
+        return ""
+    if token_file and not os.path.isabs(token_file):
+        token_file = os.path.join(os.path.dirname(os.path.abspath(path)), token_file)
+    return token_file
+
+
 def make_api_client(settings: KubernetesSettings, env: Mapping[str, str]) -> k8s.ApiClient:
-    """Build the API client: explicit kubeconfig, else in-cluster, else the default kubeconfig."""
+    """Build the API client: explicit kubeconfig, else in-cluster, else the default kubeconfig.
+
+    When the bearer token comes from a file (in-cluster projected token or a
+    kubeconfig ``tokenFile``) the client follows the file (see ``TokenFile``).
+    """
     if not settings.kubeconfig and env.get("KUBERNETES_SERVICE_HOST"):
         configuration = k8s.Configuration()
-        # try_refresh_token re-reads the projected token before it expires (bound tokens rotate).
         k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration, try_refresh_token=True
         )
+        configuration.refresh_api_key_hook = TokenFile(IN_CLUSTER_TOKEN)  # type: ignore[assignment]
         return k8s.ApiClient(configuration)
     api_client: k8s.ApiClient = k8s_config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=settings.kubeconfig or None, context=settings.context or None
     )
+    token_file = _kubeconfig_token_file(settings.kubeconfig, settings.context, env)
+    if token_file:
+        api_client.configuration.refresh_api_key_hook = TokenFile(token_file)
     return api_client
+
+
+def reload_token(api: object) -> bool:
+    """After a 401: re-read the token file behind ``api``'s client; True if the token changed."""
+    configuration = getattr(getattr(api, "api_client", None), "configuration", None)
+    hook = getattr(configuration, "refresh_api_key_hook", None)
+    if isinstance(hook, TokenFile) and hook.reload():
+        log.info("Kubernetes API answered 401; re-read the rotated token file %s", hook.path)
+        return True
+    return False
 
 
 def response_json(resp: object) -> Any:
@@ -120,17 +225,20 @@ _BY_STATUS = {
 }
 
 
-def translate(exc: Exception, ref: str) -> KubeError:
+def translate(exc: Exception, ref: str, what: str = "secret") -> KubeError:
     """Turn a client or transport exception into a KubeError."""
     if isinstance(exc, ApiException):
         reason, message = _status_of(exc)
         kind = _BY_STATUS.get(int(exc.status or 0), KubeErrorKind.SERVER)
         if reason == "AlreadyExists":
             kind = KubeErrorKind.ALREADY_EXISTS
-        return KubeError(kind, ref, f"HTTP {exc.status} {reason}: {message}".strip())
+        return KubeError(kind, ref, f"HTTP {exc.status} {reason}: {message}".strip(), what)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and isinstance(exc.reason, Exception):
+        exc = exc.reason  # urllib3 retried reads (3 times by default); report why the last one failed
     if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
-        return KubeError(KubeErrorKind.TIMEOUT, ref, "API server did not answer in time")
-    return KubeError(KubeErrorKind.UNREACHABLE, ref, f"API server unreachable ({type(exc).__name__})")
+        return KubeError(KubeErrorKind.TIMEOUT, ref, "API server did not answer in time", what)
+    return KubeError(KubeErrorKind.UNREACHABLE, ref, f"API server unreachable ({type(exc).__name__})",
+                     what)
 
 
 # Narrow set of exceptions the client raises for a request that did not complete.
@@ -155,9 +263,8 @@ class SecretStore:
         try:
             # Raw JSON instead of the generated models: nothing we do not know gets lost and
             # (de)serialisation stays cheap at hundreds of secrets.
-            resp = self.api.read_namespaced_secret(
-                name, namespace, _preload_content=False, _request_timeout=self.timeout
-            )
+            resp = self._retrying_401(self.api.read_namespaced_secret, name, namespace,
+                                      _preload_content=False, _request_timeout=self.timeout)
             obj = response_json(resp)
         except ApiException as exc:
             if exc.status == 404:
@@ -167,26 +274,71 @@ class SecretStore:
             raise translate(exc, ref) from None
         return _snapshot(obj, ref)
 
-    def update(self, snapshot: SecretSnapshot, payload: bytes, annotations: Mapping[str, str]) -> None:
+    def _retrying_401(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call once; after a 401 caused by a rotated token file, once more with the new token."""
+        try:
+            return method(*args, **kwargs)
+        except ApiException as exc:
+            if exc.status != 401 or not reload_token(self.api):
+                raise
+        return method(*args, **kwargs)
+
+    @staticmethod
+    def _check_size(ref: str, payload: bytes, other_bytes: int = 0) -> None:
+        """Refuse before sending what the API server would refuse: data over 1 MiB."""
+        total = len(payload) + other_bytes
+        if total > MAX_SECRET_BYTES:
+            raise KubeError(KubeErrorKind.TOO_LARGE, ref,
+                            f"the secret's data would be {total} bytes ({DOCKERCONFIGJSON}: "
+                            f"{len(payload)} bytes), over the {MAX_SECRET_BYTES}-byte (1 MiB) "
+                            "Kubernetes Secret limit; not written")
+
+    def update(self, snapshot: SecretSnapshot, payload: bytes, annotations: Mapping[str, str],
+               previous: bytes | None = None) -> None:
         """Write ``payload`` and ``annotations`` only if the secret is still at snapshot's version.
 
         A JSON merge patch that touches only our key and our annotations, carrying
         ``metadata.resourceVersion`` as a precondition: the API server answers 409
         if anyone wrote in between, so a concurrent edit is never overwritten.
+        ``previous``, when given, replaces the ``PREVIOUS`` copy in the same write (one
+        copy only, so it never nests or grows); if both would not fit in 1 MiB the old
+        copy is dropped instead, because a stale copy would roll back to the wrong state.
         """
+        other = snapshot.other_bytes - len(snapshot.previous or b"")
+        data: dict[str, str | None] = {DOCKERCONFIGJSON: base64.b64encode(payload).decode("ascii")}
+        if previous is not None:
+            if len(payload) + other + len(previous) <= MAX_SECRET_BYTES:
+                data[PREVIOUS] = base64.b64encode(previous).decode("ascii")
+                other += len(previous)
+            else:
+                log.warning("secret %s: no room for the previous content under the 1 MiB limit; "
+                            "rollback will not be available for this write", snapshot.ref)
+                data[PREVIOUS] = None
+        elif snapshot.previous is not None:
+            other += len(snapshot.previous)
+        self._check_size(snapshot.ref, payload, other)
         body = {
             "metadata": {"resourceVersion": snapshot.resource_version, "annotations": dict(annotations)},
-            "data": {DOCKERCONFIGJSON: base64.b64encode(payload).decode("ascii")},
+            "data": data,
         }
         if self.dry_run:
             log.info("dry-run: would update secret %s", snapshot.ref)
             return
-        self._call(snapshot.ref, self.api.patch_namespaced_secret, snapshot.name, snapshot.namespace,
-                   body, _content_type=MERGE_PATCH)
+        try:
+            self._call(snapshot.ref, self.api.patch_namespaced_secret, snapshot.name, snapshot.namespace,
+                       body, _content_type=MERGE_PATCH)
+        except KubeError as exc:
+            if exc.kind is not KubeErrorKind.NOT_FOUND:
+                raise
+            # Deleted since it was read: like a 409, the caller re-reads (and creates it only
+            # if the target says create = true), so a deliberate delete is not silently undone.
+            raise KubeError(KubeErrorKind.CONFLICT, snapshot.ref,
+                            "the secret was deleted after it was read") from None
 
     def create(self, namespace: str, name: str, payload: bytes, annotations: Mapping[str, str]) -> None:
         """Create a new dockerconfigjson secret; AlreadyExists surfaces as a KubeError."""
         ref = f"{namespace}/{name}"
+        self._check_size(ref, payload)
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
@@ -201,7 +353,8 @@ class SecretStore:
 
     def _call(self, ref: str, method: Any, *args: Any, **kwargs: Any) -> None:
         try:
-            method(*args, _request_timeout=self.timeout, _preload_content=False, **kwargs)
+            self._retrying_401(method, *args, _request_timeout=self.timeout, _preload_content=False,
+                               **kwargs)
         except TRANSPORT_ERRORS as exc:
             raise translate(exc, ref) from None
 
@@ -214,7 +367,14 @@ def _snapshot(obj: Mapping[str, Any], ref: str) -> SecretSnapshot:
         payload = None if encoded is None else base64.b64decode(encoded, validate=True)
     except ValueError:
         raise KubeError(KubeErrorKind.INVALID, ref, f"{DOCKERCONFIGJSON} is not base64") from None
+    other = sum(len(str(v)) * 3 // 4 for k, v in data.items() if k != DOCKERCONFIGJSON)
+    try:
+        previous = base64.b64decode(data[PREVIOUS], validate=True) if data.get(PREVIOUS) else None
+    except ValueError:
+        previous = None  # unreadable copy: treated as absent, replaced by the next write
     return SecretSnapshot(
+        other_bytes=other,
+        previous=previous,
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         type=str(obj.get("type") or "Opaque"),
@@ -222,3 +382,111 @@ def _snapshot(obj: Mapping[str, Any], ref: str) -> SecretSnapshot:
         payload=payload,
         annotations=dict(meta.get("annotations") or {}),
     )
+
+
+def size_connection_pool(api: k8s.CoreV1Api, workers: int) -> None:
+    """Keep one pooled connection per worker thread.
+
+    The client's pool holds ``cpu_count * 5`` connections per host (10 on 2 cores); with more
+    worker threads than that, every surplus connection is dropped after use and the next request
+    pays a new TLS handshake, which dominated CPU at T = 500 (docs/scaling.md).
+    """
+    pool_manager = getattr(getattr(api.api_client, "rest_client", None), "pool_manager", None)
+    kw = getattr(pool_manager, "connection_pool_kw", None)
+    if isinstance(kw, dict) and int(kw.get("maxsize") or 1) < workers:
+        kw["maxsize"] = workers
+
+
+# --------------------------------------------------------------------------- fan-out
+
+
+@dataclass(frozen=True)
+class AccountSnapshot:
+    """A ServiceAccount's pull-secret references, as read (for an append-only patch)."""
+
+    namespace: str
+    """Namespace of the ServiceAccount."""
+    name: str
+    """Name of the ServiceAccount."""
+    resource_version: str
+    """The version the patch is conditional on."""
+    pull_secrets: tuple[Mapping[str, Any], ...]
+    """``imagePullSecrets`` entries exactly as stored, in order."""
+
+    def references(self, secret: str) -> bool:
+        """True when ``secret`` is already listed."""
+        return any(entry.get("name") == secret for entry in self.pull_secrets)
+
+
+class FanOut:
+    """Namespace selection and ServiceAccount pull-secret references for fan-out targets."""
+
+    def __init__(self, api: k8s.CoreV1Api, settings: KubernetesSettings, dry_run: bool = False) -> None:
+        self.api = api
+        self.timeout = settings.timeout
+        self.dry_run = dry_run
+
+    def namespaces(self, selector: str) -> list[str]:
+        """Names of the namespaces matching ``selector`` that are not terminating (one LIST).
+
+        A terminating namespace refuses new objects (403) and is about to lose the secret
+        anyway, so it is skipped rather than reported as a failure.
+        """
+        try:
+            resp = self.api.list_namespace(label_selector=selector, _preload_content=False,
+                                           _request_timeout=self.timeout)
+            items = response_json(resp).get("items") or []
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc, selector, "namespaces matching") from None
+        except (ValueError, AttributeError):
+            raise KubeError(KubeErrorKind.SERVER, selector, "unreadable namespace list",
+                            "namespaces matching") from None
+        names = []
+        for item in items:
+            meta = item.get("metadata") or {}
+            if (item.get("status") or {}).get("phase") == "Terminating" or meta.get("deletionTimestamp"):
+                log.info("namespace %s is terminating; skipped", meta.get("name"))
+                continue
+            names.append(str(meta.get("name", "")))
+        return sorted(n for n in names if n)
+
+    def read_account(self, namespace: str, name: str) -> AccountSnapshot | None:
+        """The ServiceAccount, or None when it does not exist (yet)."""
+        ref = f"{namespace}/{name}"
+        try:
+            resp = self.api.read_namespaced_service_account(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout)
+            obj = response_json(resp)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise translate(exc, ref, "serviceaccount") from None
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc, ref, "serviceaccount") from None
+        meta = obj.get("metadata") or {}
+        entries = obj.get("imagePullSecrets") or []
+        return AccountSnapshot(namespace, name, str(meta.get("resourceVersion", "")),
+                               tuple(e for e in entries if isinstance(e, dict)))
+
+    def add_reference(self, account: AccountSnapshot, secret: str) -> None:
+        """Append ``{name: secret}`` to imagePullSecrets, conditional on the version read.
+
+        A merge patch replaces the whole list, so it carries every existing entry unchanged and
+        in order plus the new one, with ``metadata.resourceVersion`` as precondition: if anyone
+        edited the list in between, the API server answers 409 (a CONFLICT KubeError) and
+        nothing of theirs is lost.
+        """
+        ref = f"{account.namespace}/{account.name}"
+        if self.dry_run:
+            log.info("dry-run: would add %s to imagePullSecrets of serviceaccount %s", secret, ref)
+            return
+        body = {
+            "metadata": {"resourceVersion": account.resource_version},
+            "imagePullSecrets": [dict(e) for e in account.pull_secrets] + [{"name": secret}],
+        }
+        try:
+            self.api.patch_namespaced_service_account(
+                account.name, account.namespace, body, _content_type=MERGE_PATCH,
+                _preload_content=False, _request_timeout=self.timeout)
+        except TRANSPORT_ERRORS as exc:
+            raise translate(exc, ref, "serviceaccount") from None

@@ -74,6 +74,10 @@ class Metrics:
         self.vault_logins = gauge("syncer_vault_logins", "Vault logins made by this process.")
         self.build_info = gauge("syncer_build_info", "Build information.", ("version",))
         self.leader = gauge("syncer_leader", "1 on the replica that holds the lease.")
+        self.drift = counter("syncer_drift_corrections",
+                             "Managed entries found edited by hand while Vault was unchanged "
+                             "(repaired, or only reported when drift = report).",
+                             ("namespace", "name", "registry"))
         self._init_series(settings)
 
     def _init_series(self, settings: Settings) -> None:
@@ -91,8 +95,12 @@ class Metrics:
             for reason in PROBE_REASONS:
                 self.probe_failures.labels(reg.host, reason)
         for target in settings.targets:
+            if target.namespace_selector:
+                continue  # fan-out: series appear with their namespaces, in observe()
             for metric in (self.writes, self.conflicts, self.secret_success):
-                metric.labels(target.namespace, target.name)
+                metric.labels(target.namespace, target.name or target.file)
+            for host in settings.hosts_for(target):
+                self.drift.labels(target.namespace, target.name or target.file, host)
 
     def observe(self, summary: Summary) -> None:
         """Record one cycle."""
@@ -105,8 +113,13 @@ class Metrics:
         for reg in summary.registries:
             self._observe_registry(reg)
         for target in summary.targets:
-            labels = (target.target.namespace, target.target.name)
+            if target.target.namespace_selector and not target.target.namespace:
+                self.errors.labels("kubernetes").inc()  # the namespace LIST failed
+                continue
+            labels = (target.target.namespace, target.target.name or target.target.file)
             self.writes.labels(*labels).inc(target.writes)
+            for host in [] if summary.dry_run else target.drift:
+                self.drift.labels(*labels, host).inc()
             self.conflicts.labels(*labels).inc(target.conflicts)
             ok = target.outcome in (TargetOutcome.UNCHANGED, TargetOutcome.UPDATED,
                                     TargetOutcome.CREATED) and not target.held_back

@@ -157,6 +157,8 @@ class Daemon:
             self.failures = 0
             return
         self.failures += 1
+        if self.stop.is_set():
+            return  # shutting down: no retry to schedule
         delay = backoff_delay(self.failures, self.settings)
         job = self.scheduler.get_job(SYNC_JOB)
         if job is None:
@@ -170,7 +172,11 @@ class Daemon:
         """Finish the in-flight write, stop the scheduler, release the lease."""
         self.stop.set()
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
+            # Not shutdown(wait=True): it holds the job-store lock while it waits, and a failed
+            # in-flight run needs that lock to schedule its retry (a deadlock on SIGTERM).
+            self.scheduler.shutdown(wait=False)
+        with self._running:
+            pass  # the in-flight run, if any, finishes its current write
         if self.leader is not None and self.leader.is_leader:
             self.leader.release()
         self.metrics.leader.set(0)

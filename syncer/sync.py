@@ -7,30 +7,47 @@ is isolated, recorded in the returned Summary, and the rest of the cycle runs.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TypeVar
 
-from syncer import dockerconfig
+from syncer import dockerconfig, drift, filetarget
 from syncer.config import RegistrySettings, Settings, TargetSettings
 from syncer.credential import Credential, VersionedCredential
 from syncer.dockerconfig import Change, HostChange
 from syncer.events import EventSpec
-from syncer.kube import SECRET_TYPE, KubeError, KubeErrorKind, SecretSnapshot, SecretStore
+from syncer.filetarget import FileSnapshot, FileStore
+from syncer.kube import (
+    SECRET_TYPE,
+    FanOut,
+    KubeError,
+    KubeErrorKind,
+    SecretSnapshot,
+    SecretStore,
+    size_connection_pool,
+)
 from syncer.probe import Outcome, Prober, ProbeResult
 from syncer.vault import VaultError, VaultSource
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 ANNOTATION_PREFIX = "registry-syncer.io/"
 MANAGED_HOSTS = ANNOTATION_PREFIX + "managed-hosts"
 """Annotation listing the hosts this syncer manages in a secret (for drift and prune)."""
 LAST_WRITE = ANNOTATION_PREFIX + "last-write"
 """Annotation with the time of the syncer's last write to the secret."""
+VAULT_VERSIONS = ANNOTATION_PREFIX + "vault-versions"
+"""Annotation with the KV v2 version last written per host (the drift basis; no secret material)."""
 SHUTTING_DOWN = "shutting down"
 REFUSED_REASONS = frozenset({"insecure"})
 """Probe errors that are about the registry, not the login: never send it credentials."""
@@ -101,6 +118,14 @@ class TargetReport:
     """Hosts whose new credentials were not written (rejected, or Vault failed)."""
     writes: int = 0
     conflicts: int = 0
+    linked_accounts: list[str] = field(default_factory=list)
+    """ServiceAccounts that received a reference to this secret this cycle."""
+    drift: list[str] = field(default_factory=list)
+    """Managed hosts edited by hand while Vault was unchanged (repaired unless drift = "report")."""
+    pruned: list[str] = field(default_factory=list)
+    """Formerly managed hosts removed because they are no longer configured (prune = true)."""
+    stale: list[str] = field(default_factory=list)
+    """Formerly managed hosts no longer configured, kept because prune = false."""
     dry_run: bool = False
 
     @property
@@ -114,8 +139,18 @@ class TargetReport:
         if self.dry_run and self.outcome in (TargetOutcome.UPDATED, TargetOutcome.CREATED):
             outcome = f"would be {outcome} (dry-run)"
         parts = [c.describe() for c in self.changes if c.change is not Change.UNCHANGED]
+        if self.drift:
+            repaired = self.target.drift == "repair"
+            parts.append(f"drift {'repaired' if repaired else 'detected (drift = report: not repaired)'}"
+                         f" on {', '.join(self.drift)}")
+        if self.pruned:
+            parts.append(f"pruned {', '.join(self.pruned)}")
+        if self.stale:
+            parts.append(f"{', '.join(self.stale)} no longer configured (kept; prune = false)")
         if self.held_back:
             parts.append(f"kept old entry for {', '.join(self.held_back)}")
+        if self.linked_accounts:
+            parts.append(f"added to imagePullSecrets of serviceaccount {', '.join(self.linked_accounts)}")
         if self.detail:
             parts.append(self.detail)
         suffix = f" - {'; '.join(parts)}" if parts else ""
@@ -185,6 +220,7 @@ class Syncer:
         *,
         should_stop: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.time,
+        fanout: FanOut | None = None,
     ) -> None:
         self.settings = settings
         self.vault = vault
@@ -193,7 +229,13 @@ class Syncer:
         self.should_stop = should_stop
         self.clock = clock
         self.pool_size = settings.sync.concurrency
+        self.fanout = fanout or FanOut(store.api, settings.kubernetes, store.dry_run)
+        size_connection_pool(store.api, self.pool_size)
+        self.files = FileStore(store.dry_run)
         self._deadline = float("inf")
+        self._probe_cache: dict[tuple[str, str], tuple[float, ProbeResult]] = {}
+        """(host, login digest) -> (when, conclusive result), kept for ``probe.interval``."""
+        self._probe_lock = threading.Lock()
 
     # ------------------------------------------------------------------ cycle
 
@@ -207,13 +249,15 @@ class Syncer:
         blocked = self._probe(logins, reports)
         usable = {h: login for h, login in logins.items() if h not in blocked}
         if logins:
-            targets = self._map(lambda t: self._sync_target(t, usable, logins), self.settings.targets)
+            resolved, targets = self._resolve_targets()
+            targets += self._map(lambda t: self._sync_target(t, usable, logins), resolved)
         else:
             targets = [TargetReport(t, TargetOutcome.SKIPPED, "no registry credentials could be read")
                        for t in self.settings.targets]
         for target in targets:
             for change in target.changes:
-                if change.change is not Change.UNCHANGED and target.writes:
+                rotated = change.change is not Change.UNCHANGED and change.host not in target.drift
+                if rotated and target.writes:
                     reports[change.host].rotated_targets += 1
         summary = Summary(list(reports.values()), targets, time.monotonic() - wall,
                           self.store.dry_run, started)
@@ -228,10 +272,83 @@ class Syncer:
             return "run deadline exceeded"
         return ""
 
-    def _map(self, fn: Callable[[TargetSettings], TargetReport],
-             items: Iterable[TargetSettings]) -> list[TargetReport]:
+    def _map(self, fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+        """``fn`` over ``items`` on the bounded pool (``sync.concurrency``), results in order."""
         with ThreadPoolExecutor(self.pool_size, thread_name_prefix="sync") as pool:
             return list(pool.map(fn, items))
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _resolve_targets(self) -> tuple[list[TargetSettings], list[TargetReport]]:
+        """Concrete targets for this cycle, plus failure reports for selectors that could not be
+        listed. One namespace LIST per distinct selector; a fixed target wins over a selector
+        target for the same namespace/name, and the first selector wins over later ones.
+
+        A namespace that stops matching is simply no longer served: its secret is left in place,
+        because a label edit must not break image pulls of running workloads there.
+        """
+        listed: dict[str, list[str] | KubeError] = {}
+        fixed = {(t.namespace, t.name) for t in self.settings.targets if not t.namespace_selector}
+        seen: set[tuple[str, str]] = set()
+        resolved: list[TargetSettings] = []
+        failed: list[TargetReport] = []
+        for target in self.settings.targets:
+            if not target.namespace_selector:
+                resolved.append(target)
+                continue
+            selector = target.namespace_selector
+            if selector not in listed:
+                try:
+                    listed[selector] = self.fanout.namespaces(selector)
+                except KubeError as exc:
+                    log.error("namespace selector %r: %s", selector, exc)
+                    listed[selector] = exc
+            names = listed[selector]
+            if isinstance(names, KubeError):
+                failed.append(_target_fail(TargetReport(target, dry_run=self.store.dry_run),
+                                           TargetOutcome.FAILED, names.kind.value,
+                                           f"cannot list namespaces: {names}"))
+                continue
+            for ns in names:
+                key = (ns, target.name)
+                if key in fixed or key in seen:
+                    continue
+                seen.add(key)
+                resolved.append(dataclasses.replace(target, namespace=ns))
+        return resolved, failed
+
+    def _link_accounts(self, target: TargetSettings, report: TargetReport) -> TargetReport:
+        """Make every listed ServiceAccount reference the secret: append only, never reorder or
+        drop, conditional on the version read (re-read and retry after a 409)."""
+        for name in target.service_accounts:
+            for _attempt in range(self.settings.sync.conflict_retries + 1):
+                try:
+                    account = self.fanout.read_account(target.namespace, name)
+                    if account is None:
+                        return _target_fail(report, TargetOutcome.FAILED, "serviceaccount_missing",
+                                            f"serviceaccount {name} does not exist (yet); "
+                                            "imagePullSecrets not updated")
+                    if account.references(target.name):
+                        break
+                    if stop := self._stop_reason():
+                        return _skip(report, stop)
+                    self.fanout.add_reference(account, target.name)
+                except KubeError as exc:
+                    if exc.kind is not KubeErrorKind.CONFLICT:
+                        log.error("target %s: %s", target.ref, exc)
+                        return _target_fail(report, TargetOutcome.FAILED, "serviceaccount", str(exc))
+                    report.conflicts += 1
+                    log.info("serviceaccount %s/%s changed while linking; re-reading",
+                             target.namespace, name)
+                    continue
+                report.linked_accounts.append(name)
+                log.info("serviceaccount %s/%s: added %s to imagePullSecrets",
+                         target.namespace, name, target.name)
+                break
+            else:
+                return _target_fail(report, TargetOutcome.FAILED, "conflict",
+                                    f"serviceaccount {name} still conflicting after retries")
+        return report
 
     # ------------------------------------------------------------------ vault
 
@@ -244,14 +361,20 @@ class Syncer:
                 _fail(report, "vault", f"vault_{exc.kind.value}",
                       f"Vault login failed ({exc.kind.value}): {exc}")
             return {}
-        logins = {}
-        for registry in self.settings.registries:
+
+        def read(registry: RegistrySettings) -> VersionedCredential | VaultError:
             try:
-                versioned: VersionedCredential = self.vault.read(registry)
+                return self.vault.read(registry)
             except VaultError as exc:
-                log.error("registry %s: vault read failed: %s", registry.host, exc)
-                _fail(reports[registry.host], "vault", f"vault_{exc.kind.value}",
-                      f"Vault read failed ({exc.kind.value}): {exc}")
+                return exc
+
+        logins = {}
+        for registry, versioned in zip(self.settings.registries,
+                                       self._map(read, self.settings.registries), strict=True):
+            if isinstance(versioned, VaultError):
+                log.error("registry %s: vault read failed: %s", registry.host, versioned)
+                _fail(reports[registry.host], "vault", f"vault_{versioned.kind.value}",
+                      f"Vault read failed ({versioned.kind.value}): {versioned}")
                 continue
             reports[registry.host].version = versioned.version
             logins[registry.host] = Login(registry, versioned.credential, versioned.version)
@@ -265,8 +388,7 @@ class Syncer:
         if prober is None:
             return set()
         hosts = list(logins)
-        with ThreadPoolExecutor(self.pool_size, thread_name_prefix="probe") as pool:
-            results = list(pool.map(lambda h: prober.probe(h, logins[h].credential), hosts))
+        results = self._map(lambda h: self._probe_cached(prober, h, logins[h].credential), hosts)
         blocked = set()
         for host, result in zip(hosts, results, strict=True):
             report = reports[host]
@@ -294,6 +416,31 @@ class Syncer:
                 log.error("registry %s: probe error (%s): %s", host, result.reason, result.detail)
         return blocked
 
+    def _probe_cached(self, prober: Prober, host: str, credential: Credential) -> ProbeResult:
+        """Probe, or reuse a conclusive result for the same login younger than probe.interval.
+
+        Only ok/unverified/rejected are reused; errors are always probed again. A rotated
+        login has a new digest, so it is always probed.
+        """
+        interval = self.settings.probe.interval
+        if interval <= 0:
+            return prober.probe(host, credential)
+        digest = hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
+        key = (host, digest)
+        now = self.clock()
+        with self._probe_lock:
+            cached = self._probe_cache.get(key)
+        if cached is not None and now - cached[0] < interval:
+            return cached[1]
+        result = prober.probe(host, credential)
+        with self._probe_lock:
+            # Forget older logins of this host so the cache holds at most one entry per host.
+            for old in [k for k in self._probe_cache if k[0] == host]:
+                del self._probe_cache[old]
+            if result.outcome in (Outcome.OK, Outcome.UNVERIFIED, Outcome.REJECTED):
+                self._probe_cache[key] = (now, result)
+        return result
+
     # ------------------------------------------------------------------ targets
 
     def _sync_target(self, target: TargetSettings, usable: Mapping[str, Login],
@@ -306,61 +453,88 @@ class Syncer:
             return _skip(report, stop)
         for _attempt in range(self.settings.sync.conflict_retries + 1):
             try:
-                return self._attempt(target, wanted, report)
+                self._attempt(target, wanted, report)
+                if target.service_accounts and report.outcome in (
+                        TargetOutcome.UNCHANGED, TargetOutcome.UPDATED, TargetOutcome.CREATED):
+                    return self._link_accounts(target, report)
+                return report
             except KubeError as exc:
                 if exc.kind not in (KubeErrorKind.CONFLICT, KubeErrorKind.ALREADY_EXISTS):
                     log.error("target %s: %s", target.ref, exc)
                     return _target_fail(report, TargetOutcome.FAILED, exc.kind.value, str(exc))
                 report.conflicts += 1
                 log.info("target %s: changed by someone else while syncing; re-reading", target.ref)
+        log.error("target %s: still conflicting after %d attempts; giving up this cycle",
+                  target.ref, report.conflicts)
         return _target_fail(report, TargetOutcome.FAILED, "conflict",
                             f"still conflicting after {report.conflicts} attempts")
 
     def _attempt(self, target: TargetSettings, wanted: Mapping[str, Login],
                  report: TargetReport) -> TargetReport:
         """Read, merge and (if anything changed) write once. Raises KubeError."""
-        snapshot = self.store.read(target.namespace, target.name)
+        snapshot = self.files.read(target.file) if target.file else self.store.read(
+            target.namespace, target.name)
+        what = "file" if target.file else "secret"
         if snapshot is None and not target.create:
             return _target_fail(report, TargetOutcome.FAILED, "not_found",
-                                "secret does not exist (set create = true to create it)")
+                                f"{what} does not exist (set create = true to create it)")
         try:
-            current = _document(snapshot)
+            current = document(snapshot)
         except dockerconfig.MalformedError as exc:
-            log.error("target %s: malformed secret left untouched: %s", target.ref, exc)
+            log.error("target %s: malformed %s left untouched: %s", target.ref, what, exc)
             return _target_fail(report, TargetOutcome.MALFORMED, "malformed",
-                                f"existing secret is malformed ({exc}); left untouched")
+                                f"existing {what} is malformed ({exc}); left untouched")
+        before = snapshot.annotations if snapshot is not None else {}
+        managed = drift.parse_hosts(before.get(MANAGED_HOSTS, ""))
+        recorded = drift.parse_versions(before.get(VAULT_VERSIONS, ""))
+        report.drift = drift.drifted(current, {h: (login.credential, login.registry.email, login.version)
+                                               for h, login in wanted.items()}, recorded)
+        if target.drift == "report":
+            wanted = {h: login for h, login in wanted.items() if h not in report.drift}
+        stale = drift.unconfigured(managed, self.settings.hosts_for(target))
+        report.pruned, report.stale = (stale, []) if target.prune else ([], stale)
         merged, report.changes = dockerconfig.merge(
             current, {h: (login.credential, login.registry.email) for h, login in wanted.items()})
-        annotations = self._annotations(snapshot, merged, wanted)
+        merged, _ = dockerconfig.remove(merged, report.pruned)
+        annotations = self._annotations(managed, recorded, merged, wanted, report.pruned)
         unchanged = (snapshot is not None and merged == current
-                     and snapshot.annotations.get(MANAGED_HOSTS, "") == annotations[MANAGED_HOSTS])
+                     and all(before.get(k, "") == annotations[k] for k in (MANAGED_HOSTS, VAULT_VERSIONS)))
         if unchanged:
             report.outcome = TargetOutcome.UNCHANGED
             return report
         if stop := self._stop_reason():
             return _skip(report, stop)
-        payload = dockerconfig.serialize(merged)
-        if snapshot is None:
-            self.store.create(target.namespace, target.name, payload, annotations)
-            report.outcome = TargetOutcome.CREATED
+        payload = filetarget.serialize(merged) if target.file else dockerconfig.serialize(merged)
+        # Keep what this write replaces (rollback), but not when only annotations change.
+        previous = snapshot.payload if snapshot is not None and merged != current else None
+        if isinstance(snapshot, SecretSnapshot):
+            self.store.update(snapshot, payload, annotations, previous)
+        elif target.file:
+            self.files.write(target.file, snapshot, payload, annotations, previous)
         else:
-            self.store.update(snapshot, payload, annotations)
-            report.outcome = TargetOutcome.UPDATED
+            self.store.create(target.namespace, target.name, payload, annotations)
+        report.outcome = TargetOutcome.CREATED if snapshot is None else TargetOutcome.UPDATED
         report.writes += 0 if self.store.dry_run else 1
         log.info("%s", report.line())
         return report
 
-    def _annotations(self, snapshot: SecretSnapshot | None, merged: dockerconfig.Document,
-                     wanted: Mapping[str, Login]) -> dict[str, str]:
-        previous = (snapshot.annotations.get(MANAGED_HOSTS, "") if snapshot else "").split(",")
-        managed = {h for h in previous if h} | {h for h in wanted if dockerconfig.find_key(merged, h)}
+    def _annotations(self, managed: list[str], recorded: Mapping[str, int], merged: dockerconfig.Document,
+                     wanted: Mapping[str, Login], pruned: list[str]) -> dict[str, str]:
+        written = {h for h in wanted if dockerconfig.find_key(merged, h)}
+        hosts = (set(managed) | written) - set(pruned)
+        versions = {h: v for h, v in recorded.items() if h in hosts}
+        versions.update({h: v for h in written if (v := wanted[h].version) is not None})
         stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return {MANAGED_HOSTS: ",".join(sorted(managed)), LAST_WRITE: stamp}
+        return {MANAGED_HOSTS: ",".join(sorted(hosts)), VAULT_VERSIONS: drift.format_versions(versions),
+                LAST_WRITE: stamp}
 
 
-def _document(snapshot: SecretSnapshot | None) -> dockerconfig.Document:
+def document(snapshot: SecretSnapshot | FileSnapshot | None) -> dockerconfig.Document:
+    """The document a target holds now (empty if it does not exist). Raises MalformedError."""
     if snapshot is None:
         return dockerconfig.empty()
+    if isinstance(snapshot, FileSnapshot):
+        return filetarget.parse(snapshot.payload)
     if snapshot.type != SECRET_TYPE:
         raise dockerconfig.MalformedError(f"type is {snapshot.type}, not {SECRET_TYPE}")
     if snapshot.payload is None:
@@ -392,12 +566,25 @@ def events_for(summary: Summary) -> list[EventSpec]:
     specs = []
     for t in summary.targets:
         ns, name = t.target.namespace, t.target.name
-        changed = [c.describe() for c in t.changes if c.change is not Change.UNCHANGED]
+        if (t.target.namespace_selector and not ns) or t.target.file:
+            continue  # the namespace LIST failed, or a file target: no object to attach an Event to
+        changed = [c.describe() for c in t.changes if c.change is not Change.UNCHANGED
+                   and c.host not in t.drift]
         if t.writes and changed:
             specs.append(EventSpec(ns, name, "CredentialsRotated", "; ".join(changed)))
         for host in sorted(rejected & set(t.held_back)):
             specs.append(EventSpec(ns, name, "LoginRejected", f"{host}: the registry rejected the "
                                    "credentials from Vault; the previous entry was kept", warning=True))
+        if t.drift and t.target.drift == "repair" and t.writes:
+            specs.append(EventSpec(ns, name, "DriftRepaired", f"{', '.join(t.drift)}: entry edited by "
+                                   "hand while Vault was unchanged; restored from Vault", warning=True))
+        elif t.drift and t.target.drift == "report":
+            specs.append(EventSpec(ns, name, "DriftDetected", f"{', '.join(t.drift)}: entry differs from "
+                                   "Vault while Vault is unchanged (drift = report: not repaired)",
+                                   warning=True))
+        if t.pruned and t.writes:
+            specs.append(EventSpec(ns, name, "EntriesPruned", f"{', '.join(t.pruned)}: no longer "
+                                   "configured; removed (prune = true)"))
         if t.outcome is TargetOutcome.MALFORMED:
             specs.append(EventSpec(ns, name, "MalformedSecret", t.detail, warning=True))
         elif t.outcome is TargetOutcome.FAILED:

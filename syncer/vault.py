@@ -194,6 +194,32 @@ class VaultSource:
             data, version = self._fetch(registry.path)
         return VersionedCredential(self._credential(registry, data), version)
 
+    def api_path(self, path: str) -> str:
+        """The API path a read of KV ``path`` uses (``secret/data/x`` for KV v2), as policies name it."""
+        if self._settings.kv_version == 2:
+            return f"{self._settings.kv_mount}/data/{path}"
+        return self._display(path)
+
+    def capabilities(self, paths: list[str]) -> dict[str, list[str]]:
+        """The current token's capabilities on each API path (``sys/capabilities-self``).
+
+        Answers what the policies grant without reading anything, so a preflight can tell
+        "denied by policy" from "missing". Logs in first if needed.
+        """
+        self.ensure_login()
+        where = "sys/capabilities-self"
+        with self._translate(where):
+            response = self._client.sys.get_capabilities(paths)
+        body = _mapping(response, "data") or (response if isinstance(response, Mapping) else {})
+        result = {}
+        for path in paths:
+            caps = body.get(path)
+            if not isinstance(caps, list):
+                raise VaultError(VaultErrorKind.SERVER, where,
+                                 f"unexpected answer from Vault at {where} for {path}")
+            result[path] = [str(c) for c in caps]
+        return result
+
     def token_ttl(self) -> float | None:
         """Seconds left on the current token (``math.inf`` if it never expires); None if unknown."""
         with self._lock:

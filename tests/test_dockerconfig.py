@@ -38,7 +38,7 @@ def test_merge_is_idempotent_and_detects_no_change() -> None:
 def test_rotation_reports_password_change_without_values() -> None:
     once, _ = dc.merge(DOMINO, {"quay.io": (Credential("q", "old-secret"), "")})
     _, changes = dc.merge(once, {"quay.io": (Credential("q", "new-secret"), "")})
-    assert changes[0].describe() == "quay.io: updated (password changed)"
+    assert changes[0].describe() == "quay.io: updated (password changed) as q"
     assert "secret" not in repr(changes)
 
 

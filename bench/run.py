@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Benchmark: one syncer against real OpenBao, real registries and a slow Kubernetes API.
+
+    python bench/run.py --out results/bench.json [--registries 50] [--targets 500] [--profile]
+
+Servers: OpenBao dev server behind a counting HTTP proxy (Vault requests), R real
+``docker-registry`` processes over TLS with htpasswd (probes counted from their access logs),
+and the project's Kubernetes API test server with ``--latency`` seconds added to every request
+(requests and writes counted by the server). The syncer runs as a child process
+(``python -m syncer --once``) so its peak RSS and CPU seconds are its own (``os.wait4``).
+
+Scenarios: the first fill (creates), steady state and a full rotation (every registry), each at
+concurrency 1 and 16, then the daemon idle after a cycle. Prints Markdown, writes JSON, checks
+bench/budgets.json and exits 1 if a budget fails. See docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+import trustme  # noqa: E402
+
+from tests.support.httpcount import CountingProxy  # noqa: E402
+from tests.support.kubeapi import KubeAPIServer  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.scale import Login, label_namespaces, probes, registries, rotate  # noqa: E402
+from tests.support.vault import BaoServer  # noqa: E402
+from tests.support.world import World, metric_value, sentinel  # noqa: E402
+
+SELECTOR = "bench=yes"
+NAME = "registry-pull"
+PROFILE_CATEGORIES = (  # first match from the leaf frame upwards wins
+    ("TLS", ("ssl.py", "_ssl.", "do_handshake")),
+    ("JSON / model (de)serialisation", ("json/", "sanitize_for_serialization", "deserialize",
+                                        "dockerconfig.py", "base64")),
+    ("HTTP client (urllib3/requests/http.client)", ("urllib3/", "requests/", "http/client.py",
+                                                    "socket.py", "hvac/")),
+    ("thread hand-off and locks", ("threading.py", "queue.py", "concurrent/futures")),
+    ("imports and start-up", ("<frozen importlib", "_find_and_load", "<module>")),
+    ("logging", ("logging/",)),
+)
+
+
+def syncer_cmd(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "syncer", "--config", str(config), *extra]
+
+
+def run_once(config: Path, profile: Path | None = None) -> dict[str, Any]:
+    """One ``syncer --once`` child: exit code, cycle time, process wall, CPU and peak RSS."""
+    cmd = syncer_cmd(config, "--once", "--log-level", "warning")
+    if profile is not None:
+        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "250",
+               "--subprocesses", "--output", str(profile), "--", *cmd]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - started
+    match = re.search(r"sync finished: ok=(\w+).* duration=([\d.]+)s", out)
+    if not match:
+        raise RuntimeError(f"syncer did not finish a cycle:\n{out[-3000:]}")
+    return {"exit_code": proc.returncode, "ok": match.group(1) == "true",
+            "cycle_seconds": float(match.group(2)), "process_seconds": round(wall, 3),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "summary": out.splitlines()[-1]}
+
+
+def categorise(profile: Path) -> dict[str, float]:
+    """Share of on-CPU samples per category, from py-spy's raw (collapsed stack) output."""
+    totals: Counter[str] = Counter()
+    for line in profile.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        category = "other (syncer logic, interpreter)"
+        for frame in reversed(frames):
+            hit = next((name for name, keys in PROFILE_CATEGORIES if any(k in frame for k in keys)), None)
+            if hit:
+                category = hit
+                break
+        totals[category] += int(count)
+    whole = sum(totals.values()) or 1
+    return {k: round(v / whole, 3) for k, v in totals.most_common()}
+
+
+class Bench:
+    def __init__(self, work: Path, n_registries: int, n_targets: int, latency: float) -> None:
+        self.work = work
+        self.R, self.T, self.latency = n_registries, n_targets, latency
+        self.ca = trustme.CA()
+        ca_file = work / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(ca_file))
+        self.bao = BaoServer(log_dir=work)
+        self.vault = CountingProxy(self.bao.address).start()
+        self.kube = KubeAPIServer(self.ca, latency=latency)
+        self.kube.start()
+        self.world = World(work, self.bao, self.kube, str(ca_file))
+        self.namespaces = [f"team-{i:04d}" for i in range(n_targets)]
+        label_namespaces(self.kube, self.namespaces, {"bench": "yes"})
+        self.kube.add_namespace("not-selected", {"bench": "no"})
+        self.logins: list[Login] = []
+
+    def start_registries(self, stack: Any) -> None:
+        regs = stack.enter_context(registries(self.ca, self.work / "registries", self.R))
+        self.regs = regs
+        for i, reg in enumerate(regs):
+            login = Login(reg, f"reg{i:02d}", "")
+            rotate(login, sentinel(f"r{i}"), self.world.vault_put)
+            self.logins.append(login)
+
+    def config(self, concurrency: int, **extra: dict[str, Any]) -> Path:
+        return self.world.config(
+            [login.spec() for login in self.logins],
+            [{"namespace_selector": SELECTOR, "name": NAME, "create": True}],
+            vault={"address": self.vault.url}, kubernetes={"events": False, "timeout": "30s"},
+            probe={"timeout": "30s"}, sync={"concurrency": concurrency}, **extra)
+
+    def measure(self, label: str, concurrency: int, profile: Path | None = None) -> dict[str, Any]:
+        self.kube.reset_requests()
+        self.vault.reset()
+        probed = probes(self.regs)
+        result = run_once(self.config(concurrency), profile)
+        kube_requests = len(self.kube.requests)
+        row = {
+            "scenario": label, "concurrency": concurrency, **result,
+            "vault_requests": len(self.vault.requests),
+            "vault_kv_reads": self.vault.count("GET", f"/v1/secret/data/{self.world.prefix}/"),
+            "kube_requests": kube_requests,
+            "kube_namespace_lists": self.kube.count(verb="list", resource="namespaces"),
+            "kube_secret_reads": self.kube.count(verb="get", resource="secrets"),
+            "writes": self.kube.writes("secrets"),
+            "registry_probes": probes(self.regs) - probed,
+        }
+        row["registry_requests"] = row["registry_probes"] * 2
+        ideal = kube_requests * self.latency / concurrency
+        row["ideal_seconds"] = round(ideal, 3)
+        row["ratio_to_ideal"] = round(result["cycle_seconds"] / ideal, 2) if ideal else None
+        return row
+
+    def rotate_all(self) -> None:
+        for login in self.logins:
+            rotate(login, sentinel("rot"), self.world.vault_put)
+
+    def daemon_idle(self, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Start the daemon, wait for its first cycle, then read its RSS while idle."""
+        port = free_port()
+        config = self.config(16, schedule={"interval": "1h", "jitter": "0s"},
+                             metrics={"listen": f"127.0.0.1:{port}"})
+        proc = subprocess.Popen(syncer_cmd(config, "--log-level", "warning"), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})})
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                try:
+                    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+                    if (metric_value(text, "syncer_last_run_timestamp_seconds") or 0) > 0:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.2)
+            time.sleep(2)  # let the cycle's garbage go
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            field = {k: int(v.split()[0]) / 1024 for k, v in
+                     (line.split(":", 1) for line in status.splitlines() if line.startswith("Vm"))}
+            return {"idle_rss_mb": round(field["VmRSS"], 1), "daemon_peak_rss_mb": round(field["VmHWM"], 1)}
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    def close(self) -> None:
+        self.kube.stop()
+        self.vault.stop()
+        self.bao.stop()
+
+
+def budgets(rows: dict[str, dict[str, Any]], idle: dict[str, Any], limits: dict[str, Any],
+            R: int, T: int) -> list[tuple[str, str, bool]]:
+    checks = []
+    for c in (1, 16):
+        steady = rows[f"steady c={c}"]
+        lists = steady["kube_namespace_lists"]
+        reads = steady["vault_kv_reads"] + steady["kube_secret_reads"] + lists
+        checks.append((f"steady c={c}: writes = {limits['steady_writes']}", str(steady["writes"]),
+                       steady["writes"] == limits["steady_writes"]))
+        checks.append((f"steady c={c}: Vault KV + kube requests <= R + T + lists = {R + T + lists}",
+                       str(reads), reads <= R + T + lists
+                       and steady["kube_requests"] == steady["kube_secret_reads"] + lists))
+        checks.append((f"steady c={c}: probes <= R = {R}", str(steady["registry_probes"]),
+                       steady["registry_probes"] <= R))
+        rot = rows[f"rotation c={c}"]
+        checks.append((f"rotation c={c}: writes = T = {T}", str(rot["writes"]), rot["writes"] == T))
+        checks.append((f"rotation c={c}: probes = R = {R}", str(rot["registry_probes"]),
+                       rot["registry_probes"] == R))
+    for scenario in ("steady", "rotation"):
+        speedup = rows[f"{scenario} c=1"]["cycle_seconds"] / rows[f"{scenario} c=16"]["cycle_seconds"]
+        checks.append((f"{scenario}: c=16 vs c=1 >= {limits['min_speedup_c16_vs_c1']}x faster",
+                       f"{speedup:.1f}x", speedup >= limits["min_speedup_c16_vs_c1"]))
+    peak = max(r["peak_rss_mb"] for r in rows.values())
+    checks.append((f"idle RSS <= {limits['max_rss_idle_mb']} MB", f"{idle['idle_rss_mb']} MB",
+                   idle["idle_rss_mb"] <= limits["max_rss_idle_mb"]))
+    checks.append((f"peak RSS at T = {T} <= {limits['max_rss_peak_mb']} MB", f"{peak} MB",
+                   peak <= limits["max_rss_peak_mb"]))
+    return checks
+
+
+COLUMNS = ("scenario", "kube_requests", "vault_requests", "vault_kv_reads", "registry_requests",
+           "registry_probes", "writes", "cycle_seconds", "ideal_seconds", "ratio_to_ideal",
+           "process_seconds", "cpu_seconds", "peak_rss_mb")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    p = report["parameters"]
+    lines = [f"## Benchmark: R = {p['registries']}, T = {p['targets']}, Kubernetes latency "
+             f"{p['kube_latency_seconds'] * 1000:.0f} ms, {p['cpus']} CPUs", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in report["scenarios"].values():
+        lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
+    idle = report["daemon"]
+    lines += ["", f"Daemon after one T = {p['targets']} cycle: idle RSS {idle['idle_rss_mb']} MB, "
+              f"peak RSS {idle['daemon_peak_rss_mb']} MB; with MALLOC_ARENA_MAX=2: idle RSS "
+              f"{report['daemon_malloc_arena_max_2']['idle_rss_mb']} MB.", "",
+              "### Budgets (bench/budgets.json)", "",
+              "| budget | measured | result |", "|---|---|---|"]
+    for name, measured, ok in report["budgets"]:
+        lines.append(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
+    if report.get("profile"):
+        lines += ["", f"### Where c=16 rotation CPU goes (py-spy, {report['profile_scenario']})", "",
+                  "| category | share of on-CPU samples |", "|---|---|"]
+        lines += [f"| {k} | {v:.0%} |" for k, v in report["profile"].items()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="JSON results file (e.g. bench/results/bench.json)")
+    parser.add_argument("--registries", type=int, default=50)
+    parser.add_argument("--targets", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds added to each kube request")
+    parser.add_argument("--profile", action="store_true", help="py-spy an extra c=16 rotation")
+    args = parser.parse_args()
+    limits = json.loads((ROOT / "bench" / "budgets.json").read_text())
+    from contextlib import ExitStack
+
+    with tempfile.TemporaryDirectory(prefix="syncer-bench-") as tmp, ExitStack() as stack:
+        bench = Bench(Path(tmp), args.registries, args.targets, args.latency)
+        stack.callback(bench.close)
+        bench.start_registries(stack)
+        rows: dict[str, dict[str, Any]] = {}
+        rows["first fill c=16"] = bench.measure("first fill", 16)
+        for c in (1, 16):
+            rows[f"steady c={c}"] = bench.measure("steady", c)
+        for c in (1, 16):
+            bench.rotate_all()
+            rows[f"rotation c={c}"] = bench.measure("full rotation", c)
+        for key, row in rows.items():
+            row["scenario"] = key
+        report: dict[str, Any] = {
+            "parameters": {"registries": args.registries, "targets": args.targets,
+                           "kube_latency_seconds": args.latency, "cpus": os.cpu_count(),
+                           "python": sys.version.split()[0]},
+            "scenarios": rows,
+        }
+        report["daemon"] = bench.daemon_idle()
+        # glibc keeps one malloc arena per busy thread; capping them is a deployment knob.
+        report["daemon_malloc_arena_max_2"] = bench.daemon_idle({"MALLOC_ARENA_MAX": "2"})
+        if args.profile:
+            bench.rotate_all()
+            prof = Path(tmp) / "profile.txt"
+            rows_prof = bench.measure("profiled rotation", 16, prof)
+            report["profile_scenario"] = (f"rotation c=16 under py-spy, cycle {rows_prof['cycle_seconds']}s, "
+                                          f"CPU {rows_prof['cpu_seconds']}s")
+            report["profile"] = categorise(prof)
+        report["budgets"] = budgets(rows, report["daemon"], limits, args.registries, args.targets)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report))
+    return 0 if all(ok for _, _, ok in report["budgets"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

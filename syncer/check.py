@@ -1,0 +1,354 @@
+"""``syncer check``: a read-only preflight of everything one sync cycle needs.
+
+One line per check (OK / WARN / FAIL / SKIP, a reason, and a hint for the fix). Nothing is
+written anywhere: Secrets are read through a dry-run SecretStore, Kubernetes permissions are
+asked with SelfSubjectAccessReviews (which create nothing), and Vault permissions with
+``sys/capabilities-self``. Vault secret values are read only to probe the registries; check
+output names keys, never values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from kubernetes import client as k8s
+
+from syncer import dockerconfig
+from syncer.config import RegistrySettings, Settings, TargetSettings
+from syncer.credential import Credential
+from syncer.filetarget import FileStore
+from syncer.kube import TRANSPORT_ERRORS, FanOut, KubeError, SecretStore, response_json, translate
+from syncer.probe import Outcome, Prober
+from syncer.sync import document
+from syncer.vault import VaultError, VaultErrorKind, VaultSource
+
+log = logging.getLogger(__name__)
+
+
+class Status(StrEnum):
+    """The verdict of one check. Only FAIL makes ``syncer check`` exit 1."""
+
+    OK = "OK"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    SKIP = "SKIP"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the preflight. Never holds secret material."""
+
+    name: str
+    """What was checked, e.g. ``vault.read secret/data/registries/ngc``."""
+    status: Status
+    """OK, WARN, FAIL or SKIP (could not run because an earlier check failed)."""
+    reason: str
+    """Why, in one sentence."""
+    hint: str = ""
+    """How to fix a FAIL or WARN."""
+
+    def line(self) -> str:
+        """``FAIL  name: reason (hint: ...)``."""
+        hint = f" (hint: {self.hint})" if self.hint else ""
+        return f"{self.status.value:<4}  {self.name}: {self.reason}{hint}"
+
+
+@dataclass
+class Report:
+    """All checks of one run."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing failed (WARN and SKIP do not fail the preflight)."""
+        return not any(c.status is Status.FAIL for c in self.checks)
+
+    def add(self, name: str, status: Status, reason: str, hint: str = "") -> Check:
+        check = Check(name, status, reason, hint)
+        self.checks.append(check)
+        log.debug("%s", check.line())
+        return check
+
+    def render(self) -> str:
+        """The table printed by ``syncer check``."""
+        counts = {s: sum(c.status is s for c in self.checks) for s in Status}
+        tail = ", ".join(f"{n} {s.value.lower()}" for s, n in counts.items() if n)
+        verdict = "all checks passed" if self.ok else "some checks FAILED"
+        return "\n".join([c.line() for c in self.checks] + [f"check: {verdict} ({tail})"])
+
+    def to_json(self) -> str:
+        """``{"ok": bool, "checks": [{"name", "status", "reason", "hint"}, ...]}``."""
+        return json.dumps({"ok": self.ok, "checks": [asdict(c) for c in self.checks]}, indent=2)
+
+
+def config_failure(problems: list[str]) -> Report:
+    """The report for a configuration that does not validate: nothing else can be checked."""
+    report = Report()
+    for problem in problems:
+        report.add("config", Status.FAIL, problem, "fix the key named; see config.example.toml")
+    return report
+
+
+PROBE_HINTS = {
+    "tls": "trust the registry's CA with probe.ca_cert",
+    "timeout": "check network, DNS, proxy and firewall from here to the registry",
+    "connection": "check network, DNS, proxy and firewall from here to the registry",
+    "insecure": "the registry must serve HTTPS; credentials are never sent over plain HTTP",
+    "redirect": "the registry redirects to another host; use the host it redirects to",
+}
+
+
+class Preflight:
+    """Runs the checks with clients handed in by the caller."""
+
+    def __init__(self, settings: Settings, source: VaultSource, api_client: k8s.ApiClient,
+                 prober: Prober | None) -> None:
+        self.settings = settings
+        self.source = source
+        self.core = k8s.CoreV1Api(api_client)
+        self.authz = k8s.AuthorizationV1Api(api_client)
+        self.version = k8s.VersionApi(api_client)
+        # dry_run=True: even a bug above cannot make a preflight write.
+        self.store = SecretStore(self.core, settings.kubernetes, dry_run=True)
+        self.fanout = FanOut(self.core, settings.kubernetes, dry_run=True)
+        self.files = FileStore(dry_run=True)
+        self.prober = prober if settings.probe.enabled else None
+        self.report = Report()
+
+    def run(self) -> Report:
+        """Every check, in the order a cycle needs them."""
+        s = self.settings
+        self.report.add("config", Status.OK, f"{len(s.registries)} registries, {len(s.targets)} targets")
+        logins = self._vault()
+        self._registries(logins)
+        if any(not t.file for t in s.targets) or s.leader_election.enabled:
+            self._kubernetes()
+        for target in s.targets:
+            if target.file:
+                self._file_target(target)
+        return self.report
+
+    # ------------------------------------------------------------------ vault
+
+    def _vault(self) -> dict[str, Credential]:
+        add, s = self.report.add, self.settings
+        where = f"{s.vault.address} (auth: {s.vault.auth.method} at auth/{s.vault.auth.mount_path})"
+        try:
+            self.source.ensure_login()
+        except VaultError as exc:
+            if exc.kind in (VaultErrorKind.UNREACHABLE, VaultErrorKind.SEALED):
+                add("vault.reachable", Status.FAIL, str(exc),
+                    "check vault.address, vault.ca_cert and the network; unseal Vault if sealed")
+            else:
+                add("vault.reachable", Status.OK, s.vault.address)
+                add("vault.login", Status.FAIL, str(exc), _login_hint(s.vault.auth.method))
+            return {}
+        add("vault.reachable", Status.OK, s.vault.address)
+        add("vault.login", Status.OK, f"logged in to {where}")
+        paths = [self.source.api_path(r.path) for r in s.registries]
+        try:
+            caps: dict[str, list[str]] | None = self.source.capabilities(paths)
+        except VaultError as exc:
+            add("vault.capabilities", Status.WARN, f"cannot query sys/capabilities-self ({exc})",
+                "the token lacks the default policy; the reads below still tell")
+            caps = None
+        logins = {}
+        for registry, path in zip(s.registries, paths, strict=True):
+            if caps is not None:
+                granted = caps.get(path, [])
+                if not {"read", "root"} & set(granted):
+                    add(f"vault.policy {path}", Status.FAIL,
+                        f"the token's policies do not allow read (capabilities: {', '.join(granted)})",
+                        f'add to the syncer\'s Vault policy: path "{path}" {{ capabilities = ["read"] }}')
+                    continue
+                add(f"vault.policy {path}", Status.OK, "read allowed")
+            credential = self._read(registry, path)
+            if credential is not None:
+                logins[registry.host] = credential
+        return logins
+
+    def _read(self, registry: RegistrySettings, path: str) -> Credential | None:
+        keys = [k for k in (None if registry.username else registry.username_key, registry.password_key) if k]
+        name = f"vault.keys {path}"
+        shown = f"{self.settings.vault.kv_mount}/{registry.path}"
+        try:
+            versioned = self.source.read(registry)
+        except VaultError as exc:
+            hints = {
+                VaultErrorKind.MISSING: f"store it: vault kv put {shown} "
+                                        + " ".join(f"{k}=..." for k in keys),
+                VaultErrorKind.INVALID: f"the secret needs the keys {', '.join(keys)} (or set "
+                                        "username_key/password_key/username for this registry)",
+                VaultErrorKind.FORBIDDEN: f'add to the syncer\'s Vault policy: path "{path}" '
+                                          '{ capabilities = ["read"] }',
+            }
+            add_hint = hints.get(exc.kind, "see the reason")
+            self.report.add(name, Status.FAIL, str(exc), add_hint)
+            return None
+        version = f" (version {versioned.version})" if versioned.version is not None else ""
+        self.report.add(name, Status.OK, f"keys {', '.join(keys)} present{version}")
+        return versioned.credential
+
+    # ------------------------------------------------------------------ registries
+
+    def _registries(self, logins: dict[str, Credential]) -> None:
+        for registry in self.settings.registries:
+            name = f"registry.login {registry.host}"
+            credential = logins.get(registry.host)
+            if credential is None:
+                self.report.add(name, Status.SKIP, "no credentials (the Vault checks above failed)")
+                continue
+            if self.prober is None:
+                self.report.add(name, Status.SKIP, "probe.enabled = false")
+                continue
+            result = self.prober.probe(registry.host, credential)
+            shown = f"{self.settings.vault.kv_mount}/{registry.path}"
+            if result.outcome is Outcome.OK:
+                self.report.add(name, Status.OK, f"login verified as {credential.username}")
+            elif result.outcome is Outcome.UNVERIFIED:
+                self.report.add(name, Status.WARN, result.detail,
+                                "the registry allows anonymous access, so no login can be proven")
+            elif result.outcome is Outcome.REJECTED:
+                self.report.add(name, Status.FAIL, result.detail,
+                                f"the registry rejects the login from Vault: put the current password "
+                                f"(and username {credential.username!r}) at {shown}")
+            else:
+                self.report.add(name, Status.FAIL, result.detail,
+                                PROBE_HINTS.get(result.reason, "see the reason; retry later if transient"))
+
+    # ------------------------------------------------------------------ kubernetes
+
+    def _kubernetes(self) -> None:
+        try:
+            info = response_json(self.version.get_code(_preload_content=False,
+                                                       _request_timeout=self.settings.kubernetes.timeout))
+        except TRANSPORT_ERRORS as exc:
+            self.report.add("kubernetes.api", Status.FAIL, str(translate(exc, "/version", "endpoint")),
+                            "check kubernetes.kubeconfig / kubernetes.context and the network")
+            return
+        self.report.add("kubernetes.api", Status.OK, f"API server {info.get('gitVersion', '?')}")
+        for target in self.settings.targets:
+            if target.file:
+                continue
+            for concrete in self._expand(target):
+                self._rbac(concrete)
+                self._secret(concrete)
+        if self.settings.leader_election.enabled:
+            le = self.settings.leader_election
+            self._verbs(f"rbac lease {le.namespace}/{le.name}", [
+                ("get", "coordination.k8s.io", "leases", le.namespace, le.name),
+                ("create", "coordination.k8s.io", "leases", le.namespace, ""),
+                ("patch", "coordination.k8s.io", "leases", le.namespace, le.name)])
+
+    def _expand(self, target: TargetSettings) -> list[TargetSettings]:
+        if not target.namespace_selector or target.namespace:
+            return [target]
+        name = f"kubernetes.namespaces [{target.namespace_selector}]"
+        try:
+            names = self.fanout.namespaces(target.namespace_selector)
+        except KubeError as exc:
+            self.report.add(name, Status.FAIL, str(exc), "grant list on namespaces (cluster scope)")
+            return []
+        self.report.add(name, Status.OK if names else Status.WARN, f"{len(names)} namespaces match",
+                        "" if names else "no namespace carries the labels yet")
+        return [TargetSettings(namespace=ns, name=target.name, registries=target.registries,
+                               create=target.create, service_accounts=target.service_accounts)
+                for ns in names]
+
+    def _rbac(self, target: TargetSettings) -> None:
+        ns, name = target.namespace, target.name
+        wanted = [("get", "", "secrets", ns, name), ("patch", "", "secrets", ns, name)]
+        if target.create:
+            wanted.append(("create", "", "secrets", ns, ""))
+        if self.settings.kubernetes.events:
+            wanted += [("create", "", "events", ns, ""), ("patch", "", "events", ns, "")]
+        for account in target.service_accounts:
+            wanted += [(verb, "", "serviceaccounts", ns, account) for verb in ("get", "patch")]
+        self._verbs(f"rbac {target.ref}", wanted)
+
+    def _verbs(self, name: str, wanted: list[tuple[str, str, str, str, str]]) -> None:
+        denied = []
+        for verb, group, resource, ns, obj in wanted:
+            try:
+                if not self._allowed(verb, group, resource, ns, obj):
+                    denied.append((verb, group, resource, ns, obj))
+            except TRANSPORT_ERRORS as exc:
+                self.report.add(name, Status.FAIL, "SelfSubjectAccessReview failed: "
+                                f"{translate(exc, name, 'review')}", "check the API server and token")
+                return
+        if not denied:
+            granted = ", ".join(f"{v} {r}" for v, _, r, _, _ in wanted)
+            self.report.add(name, Status.OK, f"allowed: {granted}")
+            return
+        what = ", ".join(f"{v} {r}{'/' + o if o else ''}" for v, _, r, _, o in denied)
+        rules = "; ".join(f'verbs ["{v}"] on {r}{f" resourceNames [{o}]" if o else ""} '
+                          f'(apiGroups ["{g}"]) in namespace {ns}' for v, g, r, ns, o in denied)
+        self.report.add(name, Status.FAIL, f"denied: {what}",
+                        f"grant the syncer's ServiceAccount a Role with {rules}, and bind it")
+
+    def _allowed(self, verb: str, group: str, resource: str, namespace: str, name: str) -> bool:
+        attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}
+        if name:
+            attributes["name"] = name
+        body: Any = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes}}
+        resp = self.authz.create_self_subject_access_review(
+            body, _preload_content=False, _request_timeout=self.settings.kubernetes.timeout)
+        return bool((response_json(resp).get("status") or {}).get("allowed"))
+
+    def _secret(self, target: TargetSettings) -> None:
+        self._target(f"target {target.ref}", target,
+                     lambda: self.store.read(target.namespace, target.name), "secret",
+                     'fix or delete it: it must be of type kubernetes.io/dockerconfigjson and hold a '
+                     '.dockerconfigjson JSON object with an "auths" object; the syncer never overwrites it')
+
+    def _file_target(self, target: TargetSettings) -> None:
+        directory = os.path.dirname(target.file)
+        name = f"target {target.file}"
+        if not os.path.exists(target.file) and target.create and not os.path.isdir(directory):
+            self.report.add(name, Status.OK, f"absent; will be created with its directory {directory}")
+            return
+        self._target(name, target, lambda: self.files.read(target.file), "file",
+                     "fix the JSON by hand (it must be an object; \"auths\" must be an object)")
+        if os.path.isdir(directory) and not os.access(directory, os.W_OK):
+            self.report.add(f"{name} writable", Status.FAIL, f"cannot write to {directory}",
+                            "run the syncer as the owner of the docker config directory")
+
+    def _target(self, name: str, target: TargetSettings, read: Callable[[], Any], what: str,
+                malformed_hint: str) -> None:
+        try:
+            snapshot = read()
+        except KubeError as exc:
+            self.report.add(name, Status.FAIL, f"cannot read: {exc}", "see the rbac line above")
+            return
+        if snapshot is None:
+            if target.create:
+                self.report.add(name, Status.OK, "absent; will be created (create = true)")
+            else:
+                self.report.add(name, Status.FAIL, f"{what} does not exist",
+                                "create it, or set create = true for this target")
+            return
+        try:
+            doc = document(snapshot)
+        except dockerconfig.MalformedError as exc:
+            self.report.add(name, Status.FAIL, f"malformed: {exc}", malformed_hint)
+            return
+        hosts = sorted(doc["auths"])
+        self.report.add(name, Status.OK, f"well formed, {len(hosts)} entries"
+                        + (f" ({', '.join(hosts)})" if hosts else ""))
+
+
+def _login_hint(method: str) -> str:
+    return {
+        "token": "the token in vault.auth.token_file (or VAULT_TOKEN) is wrong, expired or revoked",
+        "approle": "check vault.auth.role_id and the secret ID file; the secret ID may be expired",
+        "kubernetes": "check vault.auth.role and that the role is bound to this ServiceAccount "
+                      "and namespace (bound_service_account_names/namespaces)",
+    }.get(method, "check vault.auth")

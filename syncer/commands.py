@@ -1,0 +1,131 @@
+"""Operator subcommands: ``syncer check``, ``syncer show`` and ``syncer rollback``.
+
+Wiring only (parse, build clients, print); the logic lives in check, show and history.
+``syncer --config X [--once]`` without a subcommand is handled by cli as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.config.config_exception import ConfigException
+
+from syncer import config, kube, logs, probe, vault
+from syncer.check import Preflight, config_failure
+from syncer.config import Settings
+from syncer.filetarget import FileStore
+from syncer.history import rollback_file, rollback_secret
+from syncer.kube import KubeError
+from syncer.show import Inspector, render, to_json
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+COMMANDS = ("check", "show", "rollback")
+
+
+def add_subcommands(parser: argparse.ArgumentParser, log_levels: Sequence[str]) -> None:
+    """``check``, ``show`` and ``rollback``; the global options may also follow the command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="TOML config file (default: $SYNCER_CONFIG)")
+    common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS)
+    common.add_argument("--log-level", type=str.lower, choices=log_levels, default=argparse.SUPPRESS,
+                        help="default for subcommands: warning")
+    sub = parser.add_subparsers(dest="command", metavar="{check,show,rollback}")
+    check = sub.add_parser("check", parents=[common], help="read-only preflight of Vault, "
+                           "Kubernetes, targets and registries; exit 0 if all pass, else 1")
+    check.add_argument("--output", choices=("text", "json"), default="text")
+    show = sub.add_parser("show", parents=[common], help="list each target's entries without "
+                          "showing credentials")
+    show.add_argument("--output", choices=("text", "json"), default="text")
+    show.add_argument("--no-fingerprint", action="store_true",
+                      help='print passwords as "set" instead of a sha256 prefix')
+    rollback = sub.add_parser("rollback", parents=[common], help="restore a target's content "
+                              "from before the syncer's last write")
+    rollback.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                          help="show which hosts would change, write nothing")
+    rollback.add_argument("--output", choices=("text", "json"), default="text")
+    for p in (show, rollback):
+        p.add_argument("--namespace", default="", help="namespace of the secret")
+        p.add_argument("--name", default="", help="name of the secret")
+        p.add_argument("--file", default="", help="a file target's path instead of a secret")
+
+
+def run(args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run the chosen subcommand; returns the exit code."""
+    explicit = any(a == "--log-level" or a.startswith("--log-level=") for a in argv)
+    logs.setup(args.log_format, args.log_level if explicit else "warning")
+    path = args.config or env.get("SYNCER_CONFIG")
+    if not path:
+        print("syncer: error: no config file: pass --config PATH or set SYNCER_CONFIG", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "rollback" and not (args.file or (args.namespace and args.name)):
+        print("syncer: error: rollback needs --namespace and --name (or --file)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        settings = config.load(path, env)
+        api_client = _api_client(settings, env)
+    except config.ConfigError as exc:
+        if args.command == "check":
+            return _emit(config_failure(exc.problems), args.output)
+        print("syncer: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    source = vault.VaultSource(vault.make_client(settings.vault), settings.vault)
+    try:
+        if args.command == "check":
+            prober = probe.Prober(probe.make_session(settings.probe), settings.probe)
+            return _emit(Preflight(settings, source, api_client, prober).run(), args.output)
+        if args.command == "show":
+            return _show(args, settings, source, api_client)
+        return _rollback(args, settings, api_client)
+    finally:
+        source.close()
+
+
+def _api_client(settings: Settings, env: Mapping[str, str]) -> k8s.ApiClient:
+    try:
+        return kube.make_api_client(settings.kubernetes, env)
+    except (ConfigException, OSError) as exc:
+        raise config.ConfigError([f"kubernetes.kubeconfig: cannot load Kubernetes config ({exc})"]) from None
+
+
+def _emit(report: Any, output: str) -> int:
+    print(report.to_json() if output == "json" else report.render())
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _show(args: argparse.Namespace, settings: Settings, source: vault.VaultSource,
+          api_client: k8s.ApiClient) -> int:
+    core = k8s.CoreV1Api(api_client)
+    inspector = Inspector(settings, source, kube.SecretStore(core, settings.kubernetes, dry_run=True),
+                          kube.FanOut(core, settings.kubernetes, dry_run=True), FileStore(dry_run=True),
+                          fingerprint=not args.no_fingerprint)
+    views = [inspector.view(t) for t in inspector.targets(args.namespace, args.name, args.file)]
+    print(to_json(views) if args.output == "json" else render(views) or "no targets match")
+    return EXIT_OK if views and all(v.status == "ok" for v in views) else EXIT_FAILED
+
+
+def _rollback(args: argparse.Namespace, settings: Settings, api_client: k8s.ApiClient) -> int:
+    dry_run = bool(getattr(args, "dry_run", False))
+    try:
+        if args.file:
+            result = rollback_file(FileStore(dry_run), args.file, time.time)
+        else:
+            store = kube.SecretStore(k8s.CoreV1Api(api_client), settings.kubernetes, dry_run=dry_run)
+            result = rollback_secret(store, args.namespace, args.name, time.time)
+    except KubeError as exc:
+        print(f"rollback: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.output == "json":
+        print(json.dumps({"target": result.target, "ok": result.ok, "dry_run": result.dry_run,
+                          "message": result.message, "changes": result.changed}, indent=2))
+    else:
+        print(result.render())
+    return EXIT_OK if result.ok else EXIT_FAILED

@@ -1,0 +1,143 @@
+"""The cost model (docs/scaling.md), pinned by counting requests at the servers: R = 3, T = 20.
+
+Vault requests are counted by an HTTP proxy in front of OpenBao, Kubernetes requests by the
+API test server, and probes by the registries' own access logs. Nothing is counted by the syncer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncer.sync import TargetOutcome
+from tests.support.httpcount import CountingProxy
+from tests.support.registry import Registry
+from tests.support.scale import USER, Login, label_namespaces, long_lived_app, probes, registries, rotate
+from tests.support.world import World, sentinel
+
+R = 3
+ML = [f"ml-{i:02d}" for i in range(10)]
+DATA = [f"data-{i:02d}" for i in range(10)]
+T = len(ML) + len(DATA)
+NAME = "registry-pull"
+
+
+@pytest.fixture(scope="module")
+def three_registries(ca: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Registry]]:
+    with registries(ca, tmp_path_factory.mktemp("cost-registries"), R) as regs:
+        yield regs
+
+
+@pytest.fixture
+def vault_proxy(bao: Any) -> Iterator[CountingProxy]:
+    with CountingProxy(bao.address) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def world(tmp_path: Path, bao: Any, kube: Any, ca_file: str) -> World:
+    label_namespaces(kube, ML, {"team": "ml"})
+    label_namespaces(kube, DATA, {"team": "data"})
+    kube.add_namespace("unrelated", {"team": "web"})
+    return World(tmp_path, bao, kube, ca_file)
+
+
+@pytest.fixture
+def logins(world: World, three_registries: list[Registry]) -> list[Login]:
+    out = []
+    for i, registry in enumerate(three_registries):
+        login = Login(registry, f"reg{i}", "")
+        rotate(login, sentinel(f"reg{i}"), world.vault_put)
+        out.append(login)
+    return out
+
+
+def config(world: World, logins: list[Login], proxy: CountingProxy, probe_interval: str = "0s") -> Path:
+    """T = 20: every ml namespace gets all R hosts, every data namespace only the first."""
+    return world.config(
+        [login.spec() for login in logins],
+        [{"namespace_selector": "team=ml", "name": NAME, "create": True},
+         {"namespace_selector": "team in (data)", "name": NAME, "create": True,
+          "registries": [logins[0].host]}],
+        vault={"address": proxy.url}, probe={"interval": probe_interval}, sync={"concurrency": 8})
+
+
+def kv_reads(world: World, proxy: CountingProxy) -> int:
+    return proxy.count("GET", f"/v1/secret/data/{world.prefix}/")
+
+
+def test_steady_state_cost(world: World, logins: list[Login], vault_proxy: CountingProxy,
+                           three_registries: list[Registry]) -> None:
+    cfg = config(world, logins, vault_proxy)
+    first = world.run(cfg)
+    assert first.code == 0, first.out
+    assert world.kube.writes() == T, "the first cycle creates every fan-out secret once"
+    for _cycle in range(2):
+        world.kube.reset_requests()
+        vault_proxy.reset()
+        probed = probes(three_registries)
+        result = world.run(cfg)
+        assert result.code == 0, result.out
+        assert result.out.count(": unchanged") == T
+        kube = world.kube
+        assert kube.writes("secrets") == 0 and kube.writes("events") == 0
+        assert kube.count(verb="list", resource="namespaces") == 2, "one LIST per distinct selector"
+        assert kube.count(verb="get", resource="secrets") == T
+        assert len(kube.requests) == T + 2, [(r.verb, r.resource) for r in kube.requests]
+        assert kv_reads(world, vault_proxy) == R
+        # A fresh process adopts its token once (lookup-self); nothing else reaches Vault.
+        assert len(vault_proxy.requests) == R + 1, vault_proxy.requests
+        assert probes(three_registries) - probed == R, "probe.interval = 0: every host every cycle"
+
+
+def test_rotation_writes_each_affected_secret_once_and_probes_each_changed_host_once(
+        world: World, logins: list[Login], vault_proxy: CountingProxy,
+        three_registries: list[Registry]) -> None:
+    app = long_lived_app(config(world, logins, vault_proxy, probe_interval="1h"))
+    assert app.syncer.run_once().ok
+    world.kube.reset_requests()
+    vault_proxy.reset()
+    probed = probes(three_registries)
+    steady = app.syncer.run_once()
+    assert steady.ok and world.kube.writes() == 0
+    assert probes(three_registries) == probed, "within probe.interval an unchanged login is not probed"
+    assert kv_reads(world, vault_proxy) == R
+
+    # Two hosts rotate; both live in the ten ml secrets, neither in the data secrets.
+    for login in logins[1:]:
+        rotate(login, sentinel("rotated"), world.vault_put)
+    world.kube.reset_requests()
+    probed = probes(three_registries)
+    summary = app.syncer.run_once()
+    assert summary.ok, summary.render()
+    assert probes(three_registries) - probed == 2, "one probe per changed host, not per secret"
+    assert world.kube.writes() == len(ML), "one write per affected secret, however many hosts changed"
+    assert world.kube.count(verb="patch", resource="secrets") == len(ML)
+    for ns in DATA:
+        assert world.kube.count(verb="patch", namespace=ns) == 0
+    updated = {t.target.namespace for t in summary.targets if t.outcome is TargetOutcome.UPDATED}
+    assert updated == set(ML)
+    for ns in ML:
+        auths = world.secret_doc(ns, NAME)["auths"]
+        assert [auths[x.host]["password"] for x in logins] == [x.password for x in logins]
+        assert auths[logins[1].host]["username"] == USER
+    world.assert_no_leak(summary.render(), "summary")
+
+
+def test_probe_interval_expiry_probes_again(world: World, logins: list[Login],
+                                            vault_proxy: CountingProxy,
+                                            three_registries: list[Registry]) -> None:
+    app = long_lived_app(config(world, logins, vault_proxy, probe_interval="10m"))
+    now = [1_000_000.0]
+    app.syncer.clock = lambda: now[0]
+    assert app.syncer.run_once().ok
+    probed = probes(three_registries)
+    now[0] += 9 * 60
+    assert app.syncer.run_once().ok
+    assert probes(three_registries) == probed
+    now[0] += 2 * 60
+    assert app.syncer.run_once().ok
+    assert probes(three_registries) - probed == R, "after probe.interval every host is probed again"
