@@ -19,7 +19,7 @@ from syncer.sync import RegistryOutcome, RegistryReport, Summary, TargetOutcome
 
 PROBE_REASONS = tuple(r for r in REASONS if r) + ("http_4xx", "http_5xx")
 """Pre-created ``reason`` label values of syncer_registry_probe_failures_total."""
-STAGES = ("vault", "kubernetes", "probe")
+STAGES = ("vault", "kubernetes", "probe", "sync")
 
 
 def probe_reason_label(reason: str) -> str:
@@ -145,6 +145,12 @@ class Metrics:
         if not ok:
             reason = "unverified" if reg.outcome is RegistryOutcome.UNVERIFIED else reg.probe.reason
             self.probe_failures.labels(host, probe_reason_label(reason)).inc()
+
+    def observe_crash(self) -> None:
+        """A run that raised: count it as a failure so the failing-sync alert sees it."""
+        self.runs.labels("failure").inc()
+        self.last_run.set(self.clock())
+        self.errors.labels("sync").inc()
 
     def set_token_ttl(self, ttl: float | None) -> None:
         """Remaining Vault token TTL, -1 when unknown."""

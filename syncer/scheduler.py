@@ -137,7 +137,7 @@ class Daemon:
                 summary = self.syncer.run_once()
             except Exception:  # noqa: BLE001 - the daemon must survive any bug in one run
                 log.exception("sync run crashed")
-                self.metrics.runs.labels("failure").inc()
+                self.metrics.observe_crash()
                 self.health.run_finished(False)
                 self._after(False)
                 return None

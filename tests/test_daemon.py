@@ -301,3 +301,21 @@ def test_second_signal_exits_at_once(world: World, ngc: dict[str, Any]) -> None:
     daemon.proc.wait(timeout=2)
     assert daemon.proc.returncode == 128 + signal.SIGTERM
     world.assert_no_leak(daemon.output(), "daemon output")
+
+
+def test_crashed_run_counts_as_failure_for_alerts() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from syncer.metrics import Metrics
+
+    settings = config_mod.from_mapping({
+        "vault": {"address": "https://vault.example.com", "auth": {"method": "token", "token_file": "/t"}},
+        "registries": [{"host": "nvcr.io", "path": "p"}],
+        "targets": [{"namespace": "ns", "name": "s"}]}, {})
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, settings, clock=lambda: 1234.0)
+    assert registry.get_sample_value("syncer_errors_total", {"stage": "sync"}) == 0
+    metrics.observe_crash()
+    assert registry.get_sample_value("syncer_sync_runs_total", {"result": "failure"}) == 1
+    assert registry.get_sample_value("syncer_last_run_timestamp_seconds") == 1234.0
+    assert registry.get_sample_value("syncer_errors_total", {"stage": "sync"}) == 1
