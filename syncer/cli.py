@@ -10,23 +10,23 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes.config.config_exception import ConfigException
 from prometheus_client import CollectorRegistry
 
-from syncer import __version__, commands, config, kube, logs, probe, vault
+from syncer import __version__, commands, config, kube, logs, vault
+from syncer.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from syncer.config import Settings
 from syncer.events import EventRecorder
 from syncer.health import Health, make_server
 from syncer.leader import LeaseElector
 from syncer.metrics import Metrics
-from syncer.scheduler import Daemon
+from syncer.scheduler import Daemon, run_period
 from syncer.sync import Summary, Syncer, events_for
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -80,21 +80,18 @@ class App:
 
 def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool) -> App:
     """Construct every client from settings and hand them to the Syncer."""
-    try:
-        api_client = kube.make_api_client(settings.kubernetes, env)
-    except (ConfigException, OSError) as exc:
-        problem = f"kubernetes.kubeconfig: cannot load Kubernetes config ({exc})"
-        raise config.ConfigError([problem]) from None
+    api_client, source, prober = commands.build_clients(settings, env)
     core = k8s.CoreV1Api(api_client)
     store = kube.SecretStore(core, settings.kubernetes, dry_run=dry_run)
-    source = vault.VaultSource(vault.make_client(settings.vault), settings.vault)
-    prober = probe.Prober(probe.make_session(settings.probe), settings.probe)
     recorder = EventRecorder(core, settings.kubernetes) if settings.kubernetes.events else None
     return App(settings, Syncer(settings, source, store, prober), api_client, recorder)
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    """First SIGTERM/SIGINT: finish the in-flight write and shut down. Second: exit at once."""
+def install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
+    """First SIGTERM/SIGINT: finish the in-flight write and shut down. Second: exit at once.
+
+    Returns the handlers replaced, for ``restore_signal_handlers``.
+    """
 
     def handler(signum: int, _frame: object) -> None:
         if stop.is_set():
@@ -103,8 +100,13 @@ def install_signal_handlers(stop: threading.Event) -> None:
         log.info("%s received: finishing in-flight work and shutting down", signal.Signals(signum).name)
         stop.set()
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_signal_handlers(previous: dict[int, Any]) -> None:
+    """Put back what ``install_signal_handlers`` replaced (main() may run inside another program)."""
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def maintain_vault(source: vault.VaultSource) -> float | None:
@@ -121,7 +123,8 @@ def make_daemon(app: App, stop: threading.Event) -> tuple[Daemon, CollectorRegis
     settings = app.settings
     registry = CollectorRegistry()
     metrics = Metrics(registry, settings)
-    health = Health(settings.schedule.interval, settings.schedule.staleness)
+    period = run_period(settings.schedule)
+    health = Health(period, settings.schedule.stale_after or 3 * period)
     leader = None
     if settings.leader_election.enabled:
         leader = LeaseElector(k8s.CoordinationV1Api(app.api_client), settings.leader_election)
@@ -165,23 +168,23 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"syncer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except config.ConfigError as exc:
-        print("syncer: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_USAGE
+        return commands.report_config_error(exc)
     log.info("syncer %s starting: %d registries, %d targets%s", __version__,
              len(settings.registries), len(settings.targets), " (dry-run)" if args.dry_run else "")
+    stop = threading.Event()
+    previous = install_signal_handlers(stop)
     try:
         if not args.once:
-            stop = threading.Event()
-            install_signal_handlers(stop)
             return run_daemon(app, stop)
+        # A CronJob pod gets SIGTERM too: stop before the next write, then revoke the login below.
+        app.syncer.should_stop = stop.is_set
         summary = app.syncer.run_once()
         app.publish(summary)
         print_summary(summary)
         return summary.exit_code
     finally:
         app.syncer.vault.close()
+        restore_signal_handlers(previous)
 
 
 def print_summary(summary: Summary) -> None:

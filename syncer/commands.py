@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from kubernetes import client as k8s
 from kubernetes.config.config_exception import ConfigException
@@ -69,19 +69,15 @@ def run(args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str]) -
         return EXIT_USAGE
     try:
         settings = config.load(path, env)
-        api_client = _api_client(settings, env)
+        clients = build_clients(settings, env)
     except config.ConfigError as exc:
         if args.command == "check":
             return _emit(config_failure(exc.problems), args.output)
-        print("syncer: invalid configuration:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return EXIT_USAGE
-    source = vault.VaultSource(vault.make_client(settings.vault), settings.vault)
+        return report_config_error(exc)
+    source, api_client = clients.source, clients.api
     try:
         if args.command == "check":
-            prober = probe.Prober(probe.make_session(settings.probe), settings.probe)
-            return _emit(Preflight(settings, source, api_client, prober).run(), args.output)
+            return _emit(Preflight(settings, source, api_client, clients.prober).run(), args.output)
         if args.command == "show":
             return _show(args, settings, source, api_client)
         return _rollback(args, settings, api_client)
@@ -89,11 +85,43 @@ def run(args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str]) -
         source.close()
 
 
-def _api_client(settings: Settings, env: Mapping[str, str]) -> k8s.ApiClient:
+class Clients(NamedTuple):
+    """The clients built from validated settings."""
+
+    api: k8s.ApiClient
+    source: vault.VaultSource
+    prober: probe.Prober
+
+
+def build_clients(settings: Settings, env: Mapping[str, str]) -> Clients:
+    """Kubernetes API client, Vault source and prober; a ConfigError names every key whose file
+    (kubeconfig, CA bundle) cannot be used, so that exits 2 like any other config problem."""
+    problems: list[str] = []
+    api_client = vault_client = session = None
     try:
-        return kube.make_api_client(settings.kubernetes, env)
+        api_client = kube.make_api_client(settings.kubernetes, env)
     except (ConfigException, OSError) as exc:
-        raise config.ConfigError([f"kubernetes.kubeconfig: cannot load Kubernetes config ({exc})"]) from None
+        problems.append(f"kubernetes.kubeconfig: cannot load Kubernetes config ({exc})")
+    try:
+        vault_client = vault.make_client(settings.vault)
+    except ValueError as exc:
+        problems.append(str(exc))
+    try:
+        session = probe.make_session(settings.probe)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems or api_client is None or vault_client is None or session is None:
+        raise config.ConfigError(problems)
+    return Clients(api_client, vault.VaultSource(vault_client, settings.vault),
+                   probe.Prober(session, settings.probe))
+
+
+def report_config_error(exc: config.ConfigError) -> int:
+    """Print every problem (one key path each) on stderr; returns the usage exit code."""
+    print("syncer: invalid configuration:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _emit(report: Any, output: str) -> int:

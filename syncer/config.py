@@ -21,7 +21,6 @@ from apscheduler.triggers.cron import CronTrigger
 
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 AUTH_METHODS = ("token", "approle", "kubernetes")
-DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 DRIFT_MODES = ("repair", "report")
 
 
@@ -645,9 +644,10 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         sync=_sync(root.table("sync")),
         leader_election=_leader_election(root.table("leader_election"), env),
     )
-    if not registries and "registries" not in data:
+    # An empty array counts as missing; a value of another type already has its own problem.
+    if not registries and isinstance(data.get("registries", []), list):
         problems.append("registries: at least one [[registries]] entry is required")
-    if not targets and "targets" not in data:
+    if not targets and isinstance(data.get("targets", []), list):
         problems.append("targets: at least one [[targets]] entry is required")
     _unique(registries, lambda r: r.host, "registries", "host", problems)
     _unique(targets, lambda t: (t.namespace, t.namespace_selector, t.name, t.file), "targets",

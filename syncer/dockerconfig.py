@@ -78,6 +78,11 @@ def parse(raw: bytes | str) -> Document:
         doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise MalformedError("not valid JSON") from None
+    return validate(doc)
+
+
+def validate(doc: object) -> Document:
+    """Check a decoded document has the shape a merge relies on. Raises MalformedError."""
     if not isinstance(doc, dict):
         raise MalformedError("top level is not a JSON object")
     auths = doc.get("auths")

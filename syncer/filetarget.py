@@ -27,7 +27,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from syncer import dockerconfig
@@ -77,10 +77,9 @@ def parse(payload: bytes | None) -> dockerconfig.Document:
         doc = json.loads(payload)
     except (UnicodeDecodeError, ValueError):
         raise dockerconfig.MalformedError("not valid JSON") from None
-    if isinstance(doc, dict) and "auths" not in doc:
-        doc["auths"] = {}
-        payload = json.dumps(doc).encode()
-    return dockerconfig.parse(payload)
+    if isinstance(doc, dict):
+        doc.setdefault("auths", {})
+    return dockerconfig.validate(doc)
 
 
 def serialize(doc: dockerconfig.Document) -> bytes:
@@ -174,7 +173,7 @@ class FileStore:
 
 
 def atomic_write(path: str, content: bytes, owner: tuple[int, int] = (-1, -1),
-                 before_rename: object = None) -> None:
+                 before_rename: Callable[[], None] | None = None) -> None:
     """Write ``content`` to ``path`` atomically: temp file in the same directory, fsync,
     mode 0600, owner kept, rename, fsync of the directory. Raises OSError."""
     directory, base = os.path.split(path)
@@ -188,8 +187,8 @@ def atomic_write(path: str, content: bytes, owner: tuple[int, int] = (-1, -1),
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
-        if callable(before_rename):
-            before_rename()
+        if before_rename is not None:
+            before_rename()  # the last precondition check, right before the atomic replace
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

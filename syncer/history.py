@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from syncer import dockerconfig
+from syncer import dockerconfig, filetarget
 from syncer.filetarget import FileSnapshot, FileStore
-from syncer.kube import KubeError, SecretSnapshot, SecretStore
+from syncer.kube import KubeError, KubeErrorKind, SecretSnapshot, SecretStore
 from syncer.sync import LAST_WRITE, document
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,9 @@ def rollback(snapshot: SecretSnapshot | FileSnapshot | None, ref: str,
         return result
     try:
         current = document(snapshot)
-        restored = dockerconfig.parse(snapshot.previous)
+        # Parsed by the rules of the target kind: a file kept before its first login had no "auths".
+        parse = filetarget.parse if isinstance(snapshot, FileSnapshot) else dockerconfig.parse
+        restored = parse(snapshot.previous)
     except dockerconfig.MalformedError as exc:
         result.message = f"refused: the content is malformed ({exc}); fix it by hand"
         return result
@@ -91,7 +93,7 @@ def rollback(snapshot: SecretSnapshot | FileSnapshot | None, ref: str,
         write(snapshot.previous, snapshot.payload, {LAST_WRITE: stamp, ROLLED_BACK: stamp})
     except KubeError as exc:
         result.message = f"not rolled back: {exc}" + (
-            "; re-run to roll back the current state" if exc.kind.value == "conflict" else "")
+            "; re-run to roll back the current state" if exc.kind is KubeErrorKind.CONFLICT else "")
         return result
     log.info("rolled back %s (%d changes)", ref, len(result.changed))
     result.ok = True

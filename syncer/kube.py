@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -31,11 +31,11 @@ DOCKERCONFIGJSON = ".dockerconfigjson"
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
 MERGE_PATCH = "application/merge-patch+json"
 MAX_SECRET_BYTES = 1024 * 1024
+"""Kubernetes refuses a Secret whose decoded data values add up to more than 1 MiB."""
 PREVIOUS = ".dockerconfigjson.previous"
 """Data key holding the ``.dockerconfigjson`` the syncer last replaced, for ``syncer rollback``.
 It lives in the same Secret, so exactly the principals who can read the credentials can read it,
 and kubelet ignores keys other than ``.dockerconfigjson``."""
-"""Kubernetes refuses a Secret whose decoded data values add up to more than 1 MiB."""
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -245,6 +245,22 @@ def translate(exc: Exception, ref: str, what: str = "secret") -> KubeError:
 TRANSPORT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
 
 
+def _read_or_none(call: Callable[[], Any], ref: str, what: str = "secret") -> Any:
+    """The decoded object a GET made with ``_preload_content=False`` returns, or None on 404.
+
+    Raw JSON instead of the generated models: nothing we do not know gets lost and
+    (de)serialisation stays cheap at hundreds of objects.
+    """
+    try:
+        return response_json(call())
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise translate(exc, ref, what) from None
+    except TRANSPORT_ERRORS as exc:
+        raise translate(exc, ref, what) from None
+
+
 class SecretStore:
     """Reads and conditionally writes one kind of object: dockerconfigjson secrets.
 
@@ -260,19 +276,10 @@ class SecretStore:
     def read(self, namespace: str, name: str) -> SecretSnapshot | None:
         """The secret, or None when it does not exist."""
         ref = f"{namespace}/{name}"
-        try:
-            # Raw JSON instead of the generated models: nothing we do not know gets lost and
-            # (de)serialisation stays cheap at hundreds of secrets.
-            resp = self._retrying_401(self.api.read_namespaced_secret, name, namespace,
-                                      _preload_content=False, _request_timeout=self.timeout)
-            obj = response_json(resp)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise translate(exc, ref) from None
-        except TRANSPORT_ERRORS as exc:
-            raise translate(exc, ref) from None
-        return _snapshot(obj, ref)
+        obj = _read_or_none(lambda: self._retrying_401(
+            self.api.read_namespaced_secret, name, namespace, _preload_content=False,
+            _request_timeout=self.timeout), ref)
+        return None if obj is None else _snapshot(obj, ref)
 
     def _retrying_401(self, method: Any, *args: Any, **kwargs: Any) -> Any:
         """Call once; after a 401 caused by a rotated token file, once more with the new token."""
@@ -452,17 +459,11 @@ class FanOut:
 
     def read_account(self, namespace: str, name: str) -> AccountSnapshot | None:
         """The ServiceAccount, or None when it does not exist (yet)."""
-        ref = f"{namespace}/{name}"
-        try:
-            resp = self.api.read_namespaced_service_account(
-                name, namespace, _preload_content=False, _request_timeout=self.timeout)
-            obj = response_json(resp)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise translate(exc, ref, "serviceaccount") from None
-        except TRANSPORT_ERRORS as exc:
-            raise translate(exc, ref, "serviceaccount") from None
+        obj = _read_or_none(lambda: self.api.read_namespaced_service_account(
+            name, namespace, _preload_content=False, _request_timeout=self.timeout),
+            f"{namespace}/{name}", "serviceaccount")
+        if obj is None:
+            return None
         meta = obj.get("metadata") or {}
         entries = obj.get("imagePullSecrets") or []
         return AccountSnapshot(namespace, name, str(meta.get("resourceVersion", "")),

@@ -54,7 +54,7 @@ class LeaseElector:
         try:
             self._step()
         except TRANSPORT_ERRORS as exc:
-            log.warning("leader election on lease %s: %s", self.ref, translate(exc, self.ref))
+            log.warning("leader election on lease %s: %s", self.ref, translate(exc, self.ref, "lease"))
         if self._leader and not self.is_leader:
             log.warning("lost leadership of lease %s (not renewed in time)", self.ref)
             self._leader = False
@@ -104,6 +104,7 @@ class LeaseElector:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self.settings.name, "namespace": self.settings.namespace},
                 "spec": self._spec(acquired=True, transitions=0)}
+        sent = self.clock()
         try:
             self.api.create_namespaced_lease(self.settings.namespace, body,  # type: ignore[arg-type]
                                              _request_timeout=5, _preload_content=False)
@@ -111,11 +112,12 @@ class LeaseElector:
             if exc.status == 409:  # someone else created it first
                 return
             raise
-        self._became_leader()
+        self._renewed(sent)
 
     def _write(self, lease: dict[str, Any], acquired: bool, transitions: int) -> None:
         body = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
                 "spec": self._spec(acquired, transitions)}
+        sent = self.clock()
         try:
             self.api.patch_namespaced_lease(self.settings.name, self.settings.namespace, body,
                                             _content_type=MERGE_PATCH, _request_timeout=5,
@@ -124,14 +126,19 @@ class LeaseElector:
             if exc.status == 409:
                 return  # lost the race; look again next step
             raise
-        if acquired:
-            self._became_leader()
-        else:
-            self._last_renew = self.clock()
+        self._renewed(sent)
 
-    def _became_leader(self) -> None:
-        self._leader, self._last_renew = True, self.clock()
-        log.info("acquired lease %s as %s", self.ref, self.identity)
+    def _renewed(self, sent: float) -> None:
+        """A write in our name succeeded: we lead until ``sent`` + lease duration.
+
+        Counted from before the request, since standbys start their clocks on seeing the record,
+        which is later. Leads even if the lease was already ours (renewed after lapsing, or a
+        restarted container with the same POD_NAME): renewing it without leading would block
+        every replica.
+        """
+        if not self._leader:
+            log.info("acquired lease %s as %s", self.ref, self.identity)
+        self._leader, self._last_renew = True, sent
 
     def release(self) -> None:
         """Hand the lease back (empty holder, 1 s duration) so a standby takes over at once."""
@@ -150,4 +157,4 @@ class LeaseElector:
                                             _preload_content=False)
             log.info("released lease %s", self.ref)
         except TRANSPORT_ERRORS as exc:
-            log.warning("could not release lease %s: %s", self.ref, translate(exc, self.ref))
+            log.warning("could not release lease %s: %s", self.ref, translate(exc, self.ref, "lease"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 SYNC_JOB = "sync"
 LEADER_JOB = "leader"
 VAULT_JOB = "vault"
+CRON_SAMPLES = 60
+"""Consecutive cron fire times inspected for the longest gap (covers weekly patterns)."""
 
 
 class Leader(Protocol):
@@ -49,6 +51,23 @@ def make_trigger(settings: ScheduleSettings) -> BaseTrigger:
     if settings.cron:
         return CronTrigger.from_crontab(settings.cron)
     return IntervalTrigger(seconds=settings.interval, jitter=settings.jitter or None)
+
+
+def run_period(settings: ScheduleSettings, now: datetime | None = None) -> float:
+    """Seconds between scheduled runs, for health: the interval, or for a cron schedule the longest
+    gap among its next fire times (``0 9 * * 1-5`` leaves a weekend), never the unused interval."""
+    if not settings.cron:
+        return settings.interval
+    trigger = make_trigger(settings)
+    fire = trigger.get_next_fire_time(None, now or datetime.now(UTC))
+    longest = 0.0
+    for _ in range(CRON_SAMPLES):
+        following = trigger.get_next_fire_time(fire, fire) if fire else None
+        if following is None:
+            break
+        longest = max(longest, (following - fire).total_seconds())
+        fire = following
+    return longest or settings.interval
 
 
 def backoff_delay(failures: int, settings: ScheduleSettings) -> float:
@@ -126,12 +145,14 @@ class Daemon:
 
     def run_cycle(self) -> Summary | None:
         """The scheduled job. Never raises: a crash would only be logged by APScheduler."""
-        if self.stop.is_set():
-            return None
-        if self.leader is not None and not self.leader.is_leader:
-            log.debug("not the leader; skipping this run")
-            return None
         with self._running:
+            # Checked under the lock: shutdown() waits on it, then releases the lease and revokes
+            # the Vault token, so a run that got past these checks must not start afterwards.
+            if self.stop.is_set():
+                return None
+            if self.leader is not None and not self.leader.is_leader:
+                log.debug("not the leader; skipping this run")
+                return None
             self.health.run_started()
             try:
                 summary = self.syncer.run_once()

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -96,6 +98,15 @@ def _read_stripped(path: str) -> str:
     return Path(path).read_text(encoding="utf-8").strip()
 
 
+def _check_ca(ca_cert: str) -> None:
+    """Fail at start-up, naming the key, rather than with an OSError on the first request."""
+    where = {"capath": ca_cert} if os.path.isdir(ca_cert) else {"cafile": ca_cert}
+    try:
+        ssl.create_default_context().load_verify_locations(**where)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"vault.ca_cert {ca_cert!r} cannot be loaded as PEM ({exc})") from None
+
+
 def make_client(settings: VaultSettings) -> hvac.Client:
     """An hvac client configured only from ``settings``.
 
@@ -107,6 +118,8 @@ def make_client(settings: VaultSettings) -> hvac.Client:
     """
     if not settings.address:
         raise ValueError("VaultSettings.address must not be empty")
+    if settings.ca_cert:
+        _check_ca(settings.ca_cert)
     verify: bool | str = settings.ca_cert or True
 
     def adapter(**kwargs: Any) -> hvac.adapters.JSONAdapter:

@@ -166,3 +166,18 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2
     assert "vault.address" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_empty_registries_or_targets_arrays_are_refused() -> None:
+    """``registries = []`` must not make --once a silent no-op that exits 0."""
+    import tomllib
+
+    data = {**tomllib.loads(GOOD), "registries": [], "targets": []}
+    with pytest.raises(config.ConfigError) as info:
+        config.from_mapping(data, {})
+    assert info.value.problems == ["registries: at least one [[registries]] entry is required",
+                                   "targets: at least one [[targets]] entry is required"]
+    with pytest.raises(config.ConfigError) as info:
+        config.from_mapping({**data, "registries": "x", "targets": 5}, {})
+    assert info.value.problems == ['registries: must be an array of tables ([[registries]])',
+                                   'targets: must be an array of tables ([[targets]])']

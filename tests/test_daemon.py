@@ -58,6 +58,18 @@ def in_process(world: World, config: Path) -> tuple[Daemon, Any, threading.Event
     return daemon, registry, stop
 
 
+def approle_auth(world: World, name: str, **role: Any) -> dict[str, str]:
+    """An AppRole mount ``<prefix>-name`` that may read the world's paths; the [vault.auth] table."""
+    mount = f"{world.prefix}-{name}"
+    world.bao.write_policy(mount, f'path "secret/data/{world.prefix}/*" {{ capabilities = ["read"] }}')
+    role_id, secret_id = world.bao.enable_approle(mount=mount, role="syncer", policies=[mount], **role)
+    secret_file = world.tmp / f"{name}-secret-id"
+    secret_file.write_text(secret_id)
+    world.secrets.add(secret_id)
+    return {"method": "approle", "mount": mount, "role_id": role_id, "secret_id_file": str(secret_file),
+            "token_file": ""}
+
+
 def wait(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -263,16 +275,8 @@ def test_events_aggregate_within_one_process(world: World, ngc: dict[str, Any]) 
 
 
 def test_token_renewed_not_relogged_across_short_ttl(world: World, ngc: dict[str, Any]) -> None:
-    policy = world.prefix + "-read"
-    world.bao.write_policy(policy, f'path "secret/data/{world.prefix}/*" {{ capabilities = ["read"] }}')
-    role_id, secret_id = world.bao.enable_approle(mount=world.prefix + "-approle", role="syncer",
-                                                  policies=[policy], token_ttl="3s")
-    secret_file = world.tmp / "secret-id"
-    secret_file.write_text(secret_id)
-    world.secrets.add(secret_id)
     config = world.config([reg(ngc)], [{"namespace": NS, "name": NAME}],
-                          auth={"method": "approle", "mount": world.prefix + "-approle",
-                                "role_id": role_id, "secret_id_file": str(secret_file), "token_file": ""},
+                          auth=approle_auth(world, "approle", token_ttl="3s"),
                           schedule=fast_schedule(interval="300ms"))
     daemon, registry, _ = in_process(world, config)
     daemon.start()
@@ -319,3 +323,61 @@ def test_crashed_run_counts_as_failure_for_alerts() -> None:
     assert registry.get_sample_value("syncer_sync_runs_total", {"result": "failure"}) == 1
     assert registry.get_sample_value("syncer_last_run_timestamp_seconds") == 1234.0
     assert registry.get_sample_value("syncer_errors_total", {"stage": "sync"}) == 1
+
+
+class _WatchedStop(threading.Event):
+    """A stop event that tells the test when run_cycle looked at it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked = threading.Event()
+
+    def is_set(self) -> bool:
+        self.checked.set()
+        return super().is_set()
+
+
+def test_run_waiting_for_the_lock_does_not_start_after_shutdown(world: World, ngc: dict[str, Any]) -> None:
+    """A run that checked for shutdown, then waited for the in-flight one, must not start once
+    shutdown has passed that lock (the lease is released and the Vault token revoked then)."""
+    app = build_app(config_mod.load(world.config([reg(ngc)], [{"namespace": NS, "name": NAME}]), {}),
+                    {}, dry_run=False)
+    stop = _WatchedStop()
+    daemon, _ = make_daemon(app, stop)
+    results: list[Any] = []
+    with daemon._running:  # a run is in flight
+        runner = threading.Thread(target=lambda: results.append(daemon.run_cycle()))
+        runner.start()
+        stop.checked.wait(0.5)  # the next run is past any check made before taking the lock
+        stop.set()  # SIGTERM while it waits for the lock
+    runner.join(10)
+    assert results == [None] and daemon.runs == 0
+    assert app.syncer.vault.logins == 0, "no login after shutdown: its token would never be revoked"
+
+
+def test_sigterm_during_a_once_run_skips_writes_and_revokes_login(world: World, ngc: dict[str, Any]) -> None:
+    """A CronJob pod is stopped with SIGTERM too: the run must not be killed with its Vault
+    login still live (a token leak per killed run)."""
+    config = world.config([reg(ngc)], [{"namespace": NS, "name": NAME}],
+                          auth=approle_auth(world, "once"), kubernetes={"timeout": "10s"})
+    world.kube.add_fault(lambda r: r.resource == "secrets" and r.verb == "get", delay=1.5, times=None)
+    tokens = world.bao.count_tokens()
+    once = DaemonProcess(world, config, free_port(), "--once")
+    once.wait_for(lambda: world.bao.count_tokens() == tokens + 1, what="the Vault login")
+    time.sleep(0.3)
+    once.proc.send_signal(signal.SIGTERM)
+    once.proc.wait(timeout=10)
+    assert once.proc.returncode in (0, 1), once.output()[-2000:]
+    assert world.kube.writes("secrets") == 0
+    assert world.bao.count_tokens() == tokens, "the login of the interrupted run was not revoked"
+    world.assert_no_leak(once.output(), "--once output")
+
+
+@pytest.mark.parametrize(("cron", "period"), [("*/5 * * * *", 300), ("0 * * * *", 3600),
+                                              ("0 9 * * 1-5", 3 * 86400)])
+def test_health_follows_a_cron_schedule(world: World, ngc: dict[str, Any], cron: str, period: int) -> None:
+    """With cron, the unused interval (300 s by default) must not make /healthz fail between runs."""
+    daemon, _, _ = in_process(world, world.config([reg(ngc)], [{"namespace": NS, "name": NAME}],
+                                                  schedule={"cron": cron}))
+    assert daemon.health.interval == period
+    assert daemon.health.staleness == 3 * period

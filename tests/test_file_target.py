@@ -180,3 +180,20 @@ def test_config_validation_names_key_paths() -> None:
     target = from_mapping(data, {}).targets[0]
     assert (target.file, target.drift, target.prune, target.ref) == ("/x/config.json", "report", True,
                                                                     "/x/config.json")
+
+
+@pytest.mark.parametrize("before", [b'{"credsStore": "desktop"}\n', b""], ids=["no-auths", "empty"])
+def test_rollback_restores_a_file_that_had_no_logins(tmp_path: Path, before: bytes) -> None:
+    """An empty config.json or one without "auths" is a valid file target, so it is a valid rollback."""
+    from syncer.history import rollback_file
+
+    path = tmp_path / "config.json"
+    path.write_bytes(before)
+    store = FileStore()
+    ours = b'{\n\t"auths": {"a.io": {"auth": "eDp5"}}\n}\n'
+    store.write(str(path), store.read(str(path)), ours, {}, before)
+    result = rollback_file(store, str(path), lambda: 0.0)
+    assert result.ok, result.message
+    assert path.read_bytes() == before
+    assert result.changed[0] == "a.io: removed"
+    assert Path(sidecar(str(path), "previous")).read_bytes() == ours
