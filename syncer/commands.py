@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import yaml
 from kubernetes import client as k8s
 from kubernetes.config.config_exception import ConfigException
 
@@ -102,6 +103,11 @@ def build_clients(settings: Settings, env: Mapping[str, str]) -> Clients:
         api_client = kube.make_api_client(settings.kubernetes, env)
     except (ConfigException, OSError) as exc:
         problems.append(f"kubernetes.kubeconfig: cannot load Kubernetes config ({exc})")
+    except yaml.YAMLError as exc:
+        # Not str(exc): a YAML error quotes the offending line, which may hold a token.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problems.append(f"kubernetes.kubeconfig: kubeconfig is not valid YAML{where}")
     try:
         vault_client = vault.make_client(settings.vault)
     except ValueError as exc:

@@ -10,6 +10,7 @@ won the race.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -43,6 +44,10 @@ class LeaseElector:
         self._last_renew = 0.0
         self._observed: tuple[Any, ...] | None = None
         self._observed_at = 0.0
+        # step() and release() never interleave, and nothing re-takes the lease after release():
+        # a step already running when shutdown starts would otherwise win it back.
+        self._lock = threading.Lock()
+        self._released = False
 
     @property
     def is_leader(self) -> bool:
@@ -51,6 +56,12 @@ class LeaseElector:
 
     def step(self) -> bool:
         """Acquire or renew once. Errors keep the previous state until the lease would expire."""
+        with self._lock:
+            if self._released:
+                return False
+            return self._step_locked()
+
+    def _step_locked(self) -> bool:
         try:
             self._step()
         except TRANSPORT_ERRORS as exc:
@@ -142,9 +153,13 @@ class LeaseElector:
 
     def release(self) -> None:
         """Hand the lease back (empty holder, 1 s duration) so a standby takes over at once."""
-        if not self._leader:
-            return
-        self._leader = False
+        with self._lock:
+            self._released = True
+            if self._leader:
+                self._leader = False
+                self._hand_back()
+
+    def _hand_back(self) -> None:
         try:
             lease = self._read()
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:

@@ -165,6 +165,8 @@ class VaultSource:
         self._renew_exhausted = False
         self._logged_in_at: float | None = None
         self._sensitive: set[str] = set()
+        self._closed = False
+        """After close() no new login may happen (a late maintenance job would leak a token)."""
         self.logins = 0
         """Logins performed (for the token method: tokens adopted)."""
         self.renewals = 0
@@ -181,6 +183,9 @@ class VaultSource:
     def ensure_login(self) -> None:
         """Make sure a usable token is set: log in, renew or log in again as needed."""
         with self._lock:
+            if self._closed:
+                raise VaultError(VaultErrorKind.AUTH, f"auth/{self._auth.mount_path}",
+                                 "the Vault session is closed (shutting down)")
             if self._auth.method == "token":
                 supplied = self._supplied_token(required=not self._token)
                 if supplied and supplied != self._token:
@@ -245,6 +250,7 @@ class VaultSource:
     def close(self) -> None:
         """Revoke a token this source obtained by login; forget any token. Idempotent."""
         with self._lock:
+            self._closed = True
             if self._token and self._owned:
                 self._revoke(self._token, "shutdown")
             self._forget()

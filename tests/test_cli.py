@@ -51,3 +51,18 @@ def test_check_reports_unloadable_ca_files_as_failed_checks(
     assert main(["check", "--config", str(config)], env={"KUBECONFIG": str(tmp_path / "none")}) == 1
     out = capsys.readouterr().out
     assert "FAIL  config: vault.ca_cert" in out and "FAIL  config: probe.ca_cert" in out
+
+
+def test_kubeconfig_that_is_not_yaml_exits_2_without_quoting_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("users:\n- name: u\n  user: {token: SENTINEL-kube-token\n")
+    config = tmp_path / "c.toml"
+    config.write_text('[vault]\naddress = "https://127.0.0.1:1"\n[vault.auth]\nmethod = "token"\n'
+                      f'token_file = "{tmp_path}/t"\n[kubernetes]\nkubeconfig = "{kubeconfig}"\n'
+                      '[[registries]]\nhost = "nvcr.io"\npath = "ngc"\n'
+                      '[[targets]]\nnamespace = "ns"\nname = "pull"\n')
+    assert main(["--config", str(config), "--once"], env={}) == 2
+    err = capsys.readouterr().err
+    assert "kubernetes.kubeconfig" in err and "not valid YAML" in err
+    assert "Traceback" not in err and "SENTINEL" not in err

@@ -72,3 +72,20 @@ def test_expiry_is_counted_from_before_the_renewal_request(kube: Any, tmp_path: 
     assert a.step()
     clock.now = sent + 10
     assert not a.is_leader
+
+
+def test_no_step_takes_the_lease_back_after_release(kube: Any, tmp_path: Path) -> None:
+    """Shutdown releases the lease; a renewal step that runs afterwards must not win it back,
+    or failover would wait a whole lease duration."""
+    kube.add_namespace(NS)
+    clock = Clock()
+    a = elector(kube, tmp_path, "a", clock)
+    assert a.step()
+    a.release()
+    assert kube.get_object("leases", NS, LEASE)["spec"].get("holderIdentity") in (None, "")
+    kube.reset_requests()
+    clock.now += 1
+    assert not a.step() and not a.is_leader
+    assert kube.count(resource="leases") == 0, "a released elector sends nothing"
+    b = elector(kube, tmp_path, "b", clock)
+    assert b.step(), "the standby takes over at once"

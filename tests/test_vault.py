@@ -837,3 +837,21 @@ def test_redirect_is_not_followed_with_the_token(stub, bao):
     err = error_of(lambda: src.read(reg("a/b")))
     assert err.kind is VaultErrorKind.SERVER
     assert "kv_version" in str(err) or "unexpected" in str(err)
+
+
+def test_no_login_after_close(bao, bao_paths, approle, sources):
+    """A maintenance job that runs after shutdown's close() must not log in again: that token
+    would never be revoked."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "p"})
+    src = sources(vsettings(bao.address, approle([path])))
+    src.read(reg(path))
+    src.close()
+    before = bao.token_accessors()
+    with pytest.raises(VaultError) as info:
+        src.ensure_login()
+    assert "closed" in str(info.value)
+    with pytest.raises(VaultError):
+        src.read(reg(path))
+    assert src.logins == 1
+    assert bao.token_accessors() - before == set()
