@@ -24,6 +24,7 @@ import pytest
 from syncer import config as config_mod
 from syncer.cli import build_app, main, make_daemon
 from syncer.config import Settings
+from syncer.vault import VaultSource, make_client
 from tests.support.scenario import make_world
 from tests.support.world import SYNCER_TOKEN, World, sentinel
 
@@ -124,7 +125,8 @@ def test_minimal_rbac_and_read_only_vault_suffice_on_every_path(
     assert world.secret_doc(NS, "fresh")["auths"][htpasswd_registry.host]["password"] == key
 
     # Read-only Vault: the syncer's own login token cannot write, list or read other paths.
-    source = app.syncer.vault
+    # (A fresh session with the same settings: a closed one refuses to log in again.)
+    source = VaultSource(make_client(settings.vault), settings.vault)
     source.ensure_login()
     client = world.bao.client(token=source._token)
     world.secrets.add(source._token)
