@@ -19,6 +19,8 @@ from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 
+from syncer.hosts import normalize_key
+
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 AUTH_METHODS = ("token", "approle", "kubernetes")
 DRIFT_MODES = ("repair", "report")
@@ -649,7 +651,8 @@ def from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
         problems.append("registries: at least one [[registries]] entry is required")
     if not targets and isinstance(data.get("targets", []), list):
         problems.append("targets: at least one [[targets]] entry is required")
-    _unique(registries, lambda r: r.host, "registries", "host", problems)
+    # Keys kubelet treats as equal (nvcr.io, https://nvcr.io/v1/) would fight over one entry.
+    _unique(registries, lambda r: normalize_key(r.host), "registries", "host", problems)
     _unique(targets, lambda t: (t.namespace, t.namespace_selector, t.name, t.file), "targets",
             "namespace/name", problems)
     root.finish()

@@ -23,6 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from syncer.credential import Credential
+from syncer.hosts import normalize_key as normalize_key  # re-exported: auths keys are matched here
 
 # Fields that would shadow username/password in docker's own client (an OAuth
 # identity token wins over the password), so a managed entry must not keep them.
@@ -103,20 +104,6 @@ def auth_value(credential: Credential) -> str:
     """``base64("user:pass")`` - the ``auth`` field docker and kubelet read."""
     raw = f"{credential.username}:{credential.password}".encode()
     return base64.b64encode(raw).decode("ascii")
-
-
-def normalize_key(key: str) -> str:
-    """Reduce an ``auths`` key to what kubelet matches on: host[:port][/path], lower-case host."""
-    rest = key.strip()
-    for scheme in ("https://", "http://"):
-        if rest.lower().startswith(scheme):
-            rest = rest[len(scheme):]
-    rest = rest.rstrip("/")
-    for suffix in ("/v1", "/v2"):
-        if rest.endswith(suffix):
-            rest = rest[: -len(suffix)]
-    host, sep, path = rest.partition("/")
-    return host.lower() + sep + path
 
 
 def find_key(doc: Mapping[str, Any], host: str) -> str | None:

@@ -181,3 +181,9 @@ def test_empty_registries_or_targets_arrays_are_refused() -> None:
         config.from_mapping({**data, "registries": "x", "targets": 5}, {})
     assert info.value.problems == ['registries: must be an array of tables ([[registries]])',
                                    'targets: must be an array of tables ([[targets]])']
+
+
+def test_registry_hosts_kubelet_treats_as_one_key_are_duplicates() -> None:
+    text = GOOD + '[[registries]]\nhost = "https://NVCR.io/v1/"\npath = "registries/other"\n'
+    joined = "\n".join(problems_of(text))
+    assert "registries[1]: duplicate host (same as registries[0])" in joined
