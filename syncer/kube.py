@@ -252,13 +252,19 @@ def _read_or_none(call: Callable[[], Any], ref: str, what: str = "secret") -> An
     (de)serialisation stays cheap at hundreds of objects.
     """
     try:
-        return response_json(call())
+        obj = response_json(call())
     except ApiException as exc:
         if exc.status == 404:
             return None
         raise translate(exc, ref, what) from None
     except TRANSPORT_ERRORS as exc:
         raise translate(exc, ref, what) from None
+    except ValueError:  # a proxy or a broken server answered 200 with something else
+        raise KubeError(KubeErrorKind.SERVER, ref, "API server answered with a body that is not JSON",
+                        what) from None
+    if not isinstance(obj, dict):
+        raise KubeError(KubeErrorKind.SERVER, ref, "API server answered with a non-object", what)
+    return obj
 
 
 class SecretStore:
