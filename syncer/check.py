@@ -258,9 +258,7 @@ class Preflight:
             return []
         self.report.add(name, Status.OK if names else Status.WARN, f"{len(names)} namespaces match",
                         "" if names else "no namespace carries the labels yet")
-        return [TargetSettings(namespace=ns, name=target.name, registries=target.registries,
-                               create=target.create, service_accounts=target.service_accounts)
-                for ns in names]
+        return [target.in_namespace(ns) for ns in names]
 
     def _rbac(self, target: TargetSettings) -> None:
         ns, name = target.namespace, target.name

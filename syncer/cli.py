@@ -19,6 +19,7 @@ from syncer import __version__, commands, config, kube, logs, vault
 from syncer.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from syncer.config import Settings
 from syncer.events import EventRecorder
+from syncer.filetarget import FileStore
 from syncer.health import Health, make_server
 from syncer.leader import LeaseElector
 from syncer.metrics import Metrics
@@ -82,9 +83,12 @@ def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool) -> App:
     """Construct every client from settings and hand them to the Syncer."""
     api_client, source, prober = commands.build_clients(settings, env)
     core = k8s.CoreV1Api(api_client)
+    kube.size_connection_pool(core, settings.sync.concurrency)
     store = kube.SecretStore(core, settings.kubernetes, dry_run=dry_run)
+    fanout = kube.FanOut(core, settings.kubernetes, dry_run)
     recorder = EventRecorder(core, settings.kubernetes) if settings.kubernetes.events else None
-    return App(settings, Syncer(settings, source, store, prober), api_client, recorder)
+    syncer = Syncer(settings, source, store, prober, fanout=fanout, files=FileStore(dry_run))
+    return App(settings, syncer, api_client, recorder)
 
 
 def install_signal_handlers(stop: threading.Event) -> dict[int, Any]:

@@ -8,6 +8,7 @@ caller passes in: nothing else in the package reads the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -218,6 +219,10 @@ class TargetSettings:
     """Remove hosts the syncer once managed here that are no longer configured for this target."""
     file: str = ""
     """A docker ``config.json`` path kept in sync instead of a Secret (then no namespace/name)."""
+
+    def in_namespace(self, namespace: str) -> TargetSettings:
+        """This (selector) target placed in one matching namespace, every other key kept."""
+        return dataclasses.replace(self, namespace=namespace)
 
     @property
     def ref(self) -> str:

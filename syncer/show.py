@@ -110,7 +110,7 @@ class Inspector:
         except KubeError as exc:
             log.error("cannot list namespaces for %r: %s", target.namespace_selector, exc)
             return []
-        return [TargetSettings(namespace=ns, name=target.name, registries=target.registries) for ns in names]
+        return [target.in_namespace(ns) for ns in names]
 
     def view(self, target: TargetSettings) -> TargetView:
         """Read one target and describe it."""

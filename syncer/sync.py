@@ -7,7 +7,6 @@ is isolated, recorded in the returned Summary, and the rest of the cycle runs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import threading
@@ -32,7 +31,6 @@ from syncer.kube import (
     KubeErrorKind,
     SecretSnapshot,
     SecretStore,
-    size_connection_pool,
 )
 from syncer.probe import Outcome, Prober, ProbeResult
 from syncer.vault import VaultError, VaultSource
@@ -220,7 +218,8 @@ class Syncer:
         *,
         should_stop: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.time,
-        fanout: FanOut | None = None,
+        fanout: FanOut,
+        files: FileStore,
     ) -> None:
         self.settings = settings
         self.vault = vault
@@ -229,9 +228,8 @@ class Syncer:
         self.should_stop = should_stop
         self.clock = clock
         self.pool_size = settings.sync.concurrency
-        self.fanout = fanout or FanOut(store.api, settings.kubernetes, store.dry_run)
-        size_connection_pool(store.api, self.pool_size)
-        self.files = FileStore(store.dry_run)
+        self.fanout = fanout
+        self.files = files
         self._deadline = float("inf")
         self._probe_cache: dict[tuple[str, str], tuple[float, ProbeResult]] = {}
         """(host, login digest) -> (when, conclusive result), kept for ``probe.interval``."""
@@ -314,7 +312,7 @@ class Syncer:
                 if key in fixed or key in seen:
                     continue
                 seen.add(key)
-                resolved.append(dataclasses.replace(target, namespace=ns))
+                resolved.append(target.in_namespace(ns))
         return resolved, failed
 
     def _link_accounts(self, target: TargetSettings, report: TargetReport) -> TargetReport:
