@@ -35,7 +35,7 @@ import requests  # noqa: E402
 import trustme  # noqa: E402
 
 from tests.support.httpcount import CountingProxy  # noqa: E402
-from tests.support.kubeapi import KubeAPIServer  # noqa: E402
+from tests.support.kubeproc import KubeAPIProcess  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.scale import Login, label_namespaces, probes, registries, rotate  # noqa: E402
 from tests.support.vault import BaoServer  # noqa: E402
@@ -109,8 +109,7 @@ class Bench:
         self.ca.cert_pem.write_to_path(str(ca_file))
         self.bao = BaoServer(log_dir=work)
         self.vault = CountingProxy(self.bao.address).start()
-        self.kube = KubeAPIServer(self.ca, latency=latency)
-        self.kube.start()
+        self.kube = KubeAPIProcess(self.ca, latency=latency)
         self.world = World(work, self.bao, self.kube, str(ca_file))
         self.namespaces = [f"team-{i:04d}" for i in range(n_targets)]
         label_namespaces(self.kube, self.namespaces, {"bench": "yes"})
@@ -137,7 +136,7 @@ class Bench:
         self.vault.reset()
         probed = probes(self.regs)
         result = run_once(self.config(concurrency), profile)
-        kube_requests = len(self.kube.requests)
+        kube_requests = self.kube.count()
         row = {
             "scenario": label, "concurrency": concurrency, **result,
             "vault_requests": len(self.vault.requests),

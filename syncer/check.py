@@ -17,13 +17,11 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from kubernetes import client as k8s
-
 from syncer import dockerconfig
 from syncer.config import RegistrySettings, Settings, TargetSettings
 from syncer.credential import Credential
 from syncer.filetarget import FileStore
-from syncer.kube import TRANSPORT_ERRORS, FanOut, KubeError, SecretStore, response_json, translate
+from syncer.kube import TRANSPORT_ERRORS, Api, FanOut, KubeError, SecretStore, translate
 from syncer.probe import Outcome, Prober
 from syncer.sync import document
 from syncer.vault import VaultError, VaultErrorKind, VaultSource
@@ -108,16 +106,13 @@ PROBE_HINTS = {
 class Preflight:
     """Runs the checks with clients handed in by the caller."""
 
-    def __init__(self, settings: Settings, source: VaultSource, api_client: k8s.ApiClient,
-                 prober: Prober | None) -> None:
+    def __init__(self, settings: Settings, source: VaultSource, api: Api, prober: Prober | None) -> None:
         self.settings = settings
         self.source = source
-        self.core = k8s.CoreV1Api(api_client)
-        self.authz = k8s.AuthorizationV1Api(api_client)
-        self.version = k8s.VersionApi(api_client)
+        self.api = api
         # dry_run=True: even a bug above cannot make a preflight write.
-        self.store = SecretStore(self.core, settings.kubernetes, dry_run=True)
-        self.fanout = FanOut(self.core, settings.kubernetes, dry_run=True)
+        self.store = SecretStore(api, dry_run=True)
+        self.fanout = FanOut(api, dry_run=True)
         self.files = FileStore(dry_run=True)
         self.prober = prober if settings.probe.enabled else None
         self.report = Report()
@@ -227,8 +222,7 @@ class Preflight:
 
     def _kubernetes(self) -> None:
         try:
-            info = response_json(self.version.get_code(_preload_content=False,
-                                                       _request_timeout=self.settings.kubernetes.timeout))
+            info = self.api.get("/version")
         except TRANSPORT_ERRORS as exc:
             self.report.add("kubernetes.api", Status.FAIL, str(translate(exc, "/version", "endpoint")),
                             "check kubernetes.kubeconfig / kubernetes.context and the network")
@@ -297,9 +291,9 @@ class Preflight:
             attributes["name"] = name
         body: Any = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
                 "spec": {"resourceAttributes": attributes}}
-        resp = self.authz.create_self_subject_access_review(
-            body, _preload_content=False, _request_timeout=self.settings.kubernetes.timeout)
-        return bool((response_json(resp).get("status") or {}).get("allowed"))
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        resp = json.loads(self.api.request("POST", path, body=body))
+        return bool((resp.get("status") or {}).get("allowed"))
 
     def _secret(self, target: TargetSettings) -> None:
         self._target(f"target {target.ref}", target,

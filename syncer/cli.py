@@ -12,7 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client as k8s
 from prometheus_client import CollectorRegistry
 
 from syncer import __version__, commands, config, kube, logs, vault
@@ -70,7 +69,7 @@ class App:
 
     settings: Settings
     syncer: Syncer
-    api_client: k8s.ApiClient
+    api: kube.Api
     recorder: EventRecorder | None
 
     def publish(self, summary: Summary) -> None:
@@ -81,14 +80,13 @@ class App:
 
 def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool) -> App:
     """Construct every client from settings and hand them to the Syncer."""
-    api_client, source, prober = commands.build_clients(settings, env)
-    core = k8s.CoreV1Api(api_client)
-    kube.size_connection_pool(core, settings.sync.concurrency)
-    store = kube.SecretStore(core, settings.kubernetes, dry_run=dry_run)
-    fanout = kube.FanOut(core, settings.kubernetes, dry_run)
-    recorder = EventRecorder(core, settings.kubernetes) if settings.kubernetes.events else None
+    api, source, prober = commands.build_clients(settings, env)
+    kube.size_connection_pool(api, settings.sync.concurrency)
+    store = kube.SecretStore(api, dry_run=dry_run)
+    fanout = kube.FanOut(api, dry_run)
+    recorder = EventRecorder(api, settings.kubernetes) if settings.kubernetes.events else None
     syncer = Syncer(settings, source, store, prober, fanout=fanout, files=FileStore(dry_run))
-    return App(settings, syncer, api_client, recorder)
+    return App(settings, syncer, api, recorder)
 
 
 def install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
@@ -131,7 +129,7 @@ def make_daemon(app: App, stop: threading.Event) -> tuple[Daemon, CollectorRegis
     health = Health(period, settings.schedule.stale_after or 3 * period)
     leader = None
     if settings.leader_election.enabled:
-        leader = LeaseElector(k8s.CoordinationV1Api(app.api_client), settings.leader_election)
+        leader = LeaseElector(app.api, settings.leader_election)
     daemon = Daemon(settings.schedule, app.syncer, metrics, health, stop, leader=leader,
                     publish=app.publish, vault_maintain=lambda: maintain_vault(app.syncer.vault),
                     renew_period=settings.leader_election.renew_period)

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import yaml
-from kubernetes import client as k8s
 from kubernetes.config.config_exception import ConfigException
 
 from syncer import config, kube, logs, probe, vault
@@ -75,13 +74,13 @@ def run(args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str]) -
         if args.command == "check":
             return _emit(config_failure(exc.problems), args.output)
         return report_config_error(exc)
-    source, api_client = clients.source, clients.api
+    source, api = clients.source, clients.api
     try:
         if args.command == "check":
-            return _emit(Preflight(settings, source, api_client, clients.prober).run(), args.output)
+            return _emit(Preflight(settings, source, api, clients.prober).run(), args.output)
         if args.command == "show":
-            return _show(args, settings, source, api_client)
-        return _rollback(args, settings, api_client)
+            return _show(args, settings, source, api)
+        return _rollback(args, settings, api)
     finally:
         source.close()
 
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str]) -
 class Clients(NamedTuple):
     """The clients built from validated settings."""
 
-    api: k8s.ApiClient
+    api: kube.Api
     source: vault.VaultSource
     prober: probe.Prober
 
@@ -118,8 +117,8 @@ def build_clients(settings: Settings, env: Mapping[str, str]) -> Clients:
         problems.append(str(exc))
     if problems or api_client is None or vault_client is None or session is None:
         raise config.ConfigError(problems)
-    return Clients(api_client, vault.VaultSource(vault_client, settings.vault),
-                   probe.Prober(session, settings.probe))
+    return Clients(kube.Api(api_client, settings.kubernetes.timeout),
+                   vault.VaultSource(vault_client, settings.vault), probe.Prober(session, settings.probe))
 
 
 def report_config_error(exc: config.ConfigError) -> int:
@@ -136,23 +135,22 @@ def _emit(report: Any, output: str) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings, source: vault.VaultSource,
-          api_client: k8s.ApiClient) -> int:
-    core = k8s.CoreV1Api(api_client)
-    inspector = Inspector(settings, source, kube.SecretStore(core, settings.kubernetes, dry_run=True),
-                          kube.FanOut(core, settings.kubernetes, dry_run=True), FileStore(dry_run=True),
+          api: kube.Api) -> int:
+    inspector = Inspector(settings, source, kube.SecretStore(api, dry_run=True),
+                          kube.FanOut(api, dry_run=True), FileStore(dry_run=True),
                           fingerprint=not args.no_fingerprint)
     views = [inspector.view(t) for t in inspector.targets(args.namespace, args.name, args.file)]
     print(to_json(views) if args.output == "json" else render(views) or "no targets match")
     return EXIT_OK if views and all(v.status == "ok" for v in views) else EXIT_FAILED
 
 
-def _rollback(args: argparse.Namespace, settings: Settings, api_client: k8s.ApiClient) -> int:
+def _rollback(args: argparse.Namespace, settings: Settings, api: kube.Api) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
     try:
         if args.file:
             result = rollback_file(FileStore(dry_run), args.file, time.time)
         else:
-            store = kube.SecretStore(k8s.CoreV1Api(api_client), settings.kubernetes, dry_run=dry_run)
+            store = kube.SecretStore(api, dry_run=dry_run)
             result = rollback_secret(store, args.namespace, args.name, time.time)
     except KubeError as exc:
         print(f"rollback: {exc}", file=sys.stderr)

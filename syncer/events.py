@@ -15,11 +15,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-from kubernetes import client as k8s
+from typing import Any
 
 from syncer.config import KubernetesSettings
-from syncer.kube import TRANSPORT_ERRORS, translate
+from syncer.kube import JSON, MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +55,9 @@ def _timestamp(epoch: float) -> str:
 class EventRecorder:
     """Creates and aggregates Events. Failures to record are logged, never raised."""
 
-    def __init__(self, api: k8s.CoreV1Api, settings: KubernetesSettings,
+    def __init__(self, api: Api, settings: KubernetesSettings,
                  clock: Callable[[], float] = time.time) -> None:
         self.api = api
-        self.timeout = settings.timeout
         self.window = settings.event_window
         self.clock = clock
         self._seen: dict[tuple[str, str, str, str], _Seen] = {}
@@ -108,17 +106,18 @@ class EventRecorder:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        return self._send(spec, self.api.create_namespaced_event, spec.namespace, body)
+        return self._send(spec, "POST", api_path("events", spec.namespace), body)
 
     def _bump(self, spec: EventSpec, seen: _Seen) -> None:
         patch = {"count": seen.count, "lastTimestamp": _timestamp(seen.last)}
-        if not self._send(spec, self.api.patch_namespaced_event, seen.event_name, spec.namespace, patch,
-                          _content_type="application/merge-patch+json"):
+        if not self._send(spec, "PATCH", api_path("events", spec.namespace, seen.event_name), patch,
+                          MERGE_PATCH):
             seen.last = 0.0  # the Event is gone or unreachable: create a fresh one next time
 
-    def _send(self, spec: EventSpec, method: Callable[..., object], *args: object, **kwargs: object) -> bool:
+    def _send(self, spec: EventSpec, method: str, path: str, body: Any,
+              content_type: str = JSON) -> bool:
         try:
-            method(*args, _request_timeout=self.timeout, _preload_content=False, **kwargs)
+            self.api.request(method, path, body=body, content_type=content_type)
         except TRANSPORT_ERRORS as exc:
             ref = f"{spec.namespace}/{spec.name}"
             log.warning("could not record event %s: %s", spec.reason, translate(exc, ref))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 
+
+@lru_cache(maxsize=4096)  # the same few hundred keys, once per secret per cycle
 def normalize_key(key: str) -> str:
     """Reduce an ``auths`` key to what kubelet matches on: host[:port][/path], lower-case host.
 

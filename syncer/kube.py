@@ -13,10 +13,11 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 import urllib3
 from kubernetes import client as k8s
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DOCKERCONFIGJSON = ".dockerconfigjson"
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
+JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
 MAX_SECRET_BYTES = 1024 * 1024
 """Kubernetes refuses a Secret whose decoded data values add up to more than 1 MiB."""
@@ -203,6 +205,70 @@ def response_json(resp: object) -> Any:
     return json.loads(resp.data)  # type: ignore[attr-defined]
 
 
+def api_path(resource: str, namespace: str = "", name: str = "", group: str = "") -> str:
+    """``/api/v1/namespaces/NS/RESOURCE/NAME`` (or ``/apis/GROUP/v1/...``), segments quoted."""
+    parts = ["/api/v1" if not group else f"/apis/{quote(group, safe='')}/v1"]
+    if namespace:
+        parts += ["namespaces", quote(namespace, safe="")]
+    parts.append(resource)
+    if name:
+        parts.append(quote(name, safe=""))
+    return "/".join(parts)
+
+
+class Api:
+    """JSON requests through the official client's transport.
+
+    The ``ApiClient`` brings kubeconfig and in-cluster auth, TLS, proxies, token refresh and the
+    connection pool. The generated API classes (``CoreV1Api`` and so on) are not used: since
+    kubernetes 35 they validate every call with pydantic, so importing ``CoreV1Api`` alone costs
+    about 21 MB of RSS and each call about 0.4 ms more CPU (docs/scaling.md). The syncer needs a
+    handful of endpoints and reads raw JSON anyway, so that nothing it does not know gets lost.
+
+    Failures raise what the generated methods raise: ``ApiException`` for a non-2xx answer,
+    urllib3/OS errors for transport. Callers turn them into ``KubeError`` with ``translate``.
+    """
+
+    def __init__(self, api_client: k8s.ApiClient, timeout: float) -> None:
+        self.api_client = api_client
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
+                body: Any = None, content_type: str = JSON,
+                timeout: float | None = None) -> bytes:
+        """Send once; after a 401 caused by a rotated token file, once more. Returns the body."""
+        try:
+            return self._send(method, path, query, body, content_type, timeout)
+        except ApiException as exc:
+            if exc.status != 401 or not reload_token(self):
+                raise
+        return self._send(method, path, query, body, content_type, timeout)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self.api_client.close()  # type: ignore[no-untyped-call]
+
+    def get(self, path: str, query: Mapping[str, str] | None = None, timeout: float | None = None) -> Any:
+        """GET and decode JSON (ValueError if the body is not JSON)."""
+        return json.loads(self.request("GET", path, query=query, timeout=timeout))
+
+    def _send(self, method: str, path: str, query: Mapping[str, str] | None, body: Any,
+              content_type: str, timeout: float | None) -> bytes:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        # param_serialize adds the auth header (calling the token-refresh hook) and User-Agent.
+        method, url, headers, _, _ = self.api_client.param_serialize(
+            method, path, query_params=list((query or {}).items()), header_params=headers,
+            auth_settings=["BearerToken"])
+        resp = self.api_client.call_api(method, url, headers, body,
+                                        _request_timeout=self.timeout if timeout is None else timeout)
+        data: bytes = resp.read()  # type: ignore[no-untyped-call]
+        if not 200 <= resp.status <= 299:
+            raise ApiException.from_response(http_resp=resp, body=None, data=None)
+        return data
+
+
 def _status_of(exc: ApiException) -> tuple[str, str]:
     """(reason, message) from a Kubernetes Status body, shortened."""
     try:
@@ -245,14 +311,14 @@ def translate(exc: Exception, ref: str, what: str = "secret") -> KubeError:
 TRANSPORT_ERRORS = (ApiException, urllib3.exceptions.HTTPError, OSError)
 
 
-def _read_or_none(call: Callable[[], Any], ref: str, what: str = "secret") -> Any:
-    """The decoded object a GET made with ``_preload_content=False`` returns, or None on 404.
+def _read_or_none(api: Api, path: str, ref: str, what: str = "secret") -> Any:
+    """The object at ``path`` as decoded JSON, or None on 404.
 
     Raw JSON instead of the generated models: nothing we do not know gets lost and
     (de)serialisation stays cheap at hundreds of objects.
     """
     try:
-        obj = response_json(call())
+        obj = api.get(path)
     except ApiException as exc:
         if exc.status == 404:
             return None
@@ -274,27 +340,15 @@ class SecretStore:
     path above can write by accident.
     """
 
-    def __init__(self, api: k8s.CoreV1Api, settings: KubernetesSettings, dry_run: bool = False) -> None:
+    def __init__(self, api: Api, dry_run: bool = False) -> None:
         self.api = api
-        self.timeout = settings.timeout
         self.dry_run = dry_run
 
     def read(self, namespace: str, name: str) -> SecretSnapshot | None:
         """The secret, or None when it does not exist."""
         ref = f"{namespace}/{name}"
-        obj = _read_or_none(lambda: self._retrying_401(
-            self.api.read_namespaced_secret, name, namespace, _preload_content=False,
-            _request_timeout=self.timeout), ref)
+        obj = _read_or_none(self.api, api_path("secrets", namespace, name), ref)
         return None if obj is None else _snapshot(obj, ref)
-
-    def _retrying_401(self, method: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call once; after a 401 caused by a rotated token file, once more with the new token."""
-        try:
-            return method(*args, **kwargs)
-        except ApiException as exc:
-            if exc.status != 401 or not reload_token(self.api):
-                raise
-        return method(*args, **kwargs)
 
     @staticmethod
     def _check_size(ref: str, payload: bytes, other_bytes: int = 0) -> None:
@@ -338,8 +392,8 @@ class SecretStore:
             log.info("dry-run: would update secret %s", snapshot.ref)
             return
         try:
-            self._call(snapshot.ref, self.api.patch_namespaced_secret, snapshot.name, snapshot.namespace,
-                       body, _content_type=MERGE_PATCH)
+            self._send(snapshot.ref, "PATCH", api_path("secrets", snapshot.namespace, snapshot.name),
+                       body, MERGE_PATCH)
         except KubeError as exc:
             if exc.kind is not KubeErrorKind.NOT_FOUND:
                 raise
@@ -362,12 +416,11 @@ class SecretStore:
         if self.dry_run:
             log.info("dry-run: would create secret %s", ref)
             return
-        self._call(ref, self.api.create_namespaced_secret, namespace, body)
+        self._send(ref, "POST", api_path("secrets", namespace), body)
 
-    def _call(self, ref: str, method: Any, *args: Any, **kwargs: Any) -> None:
+    def _send(self, ref: str, method: str, path: str, body: Any, content_type: str = JSON) -> None:
         try:
-            self._retrying_401(method, *args, _request_timeout=self.timeout, _preload_content=False,
-                               **kwargs)
+            self.api.request(method, path, body=body, content_type=content_type)
         except TRANSPORT_ERRORS as exc:
             raise translate(exc, ref) from None
 
@@ -397,7 +450,7 @@ def _snapshot(obj: Mapping[str, Any], ref: str) -> SecretSnapshot:
     )
 
 
-def size_connection_pool(api: k8s.CoreV1Api, workers: int) -> None:
+def size_connection_pool(api: Api, workers: int) -> None:
     """Keep one pooled connection per worker thread.
 
     The client's pool holds ``cpu_count * 5`` connections per host (10 on 2 cores); with more
@@ -434,9 +487,8 @@ class AccountSnapshot:
 class FanOut:
     """Namespace selection and ServiceAccount pull-secret references for fan-out targets."""
 
-    def __init__(self, api: k8s.CoreV1Api, settings: KubernetesSettings, dry_run: bool = False) -> None:
+    def __init__(self, api: Api, dry_run: bool = False) -> None:
         self.api = api
-        self.timeout = settings.timeout
         self.dry_run = dry_run
 
     def namespaces(self, selector: str) -> list[str]:
@@ -446,9 +498,7 @@ class FanOut:
         anyway, so it is skipped rather than reported as a failure.
         """
         try:
-            resp = self.api.list_namespace(label_selector=selector, _preload_content=False,
-                                           _request_timeout=self.timeout)
-            items = response_json(resp).get("items") or []
+            items = self.api.get(api_path("namespaces"), {"labelSelector": selector}).get("items") or []
         except TRANSPORT_ERRORS as exc:
             raise translate(exc, selector, "namespaces matching") from None
         except (ValueError, AttributeError):
@@ -465,9 +515,8 @@ class FanOut:
 
     def read_account(self, namespace: str, name: str) -> AccountSnapshot | None:
         """The ServiceAccount, or None when it does not exist (yet)."""
-        obj = _read_or_none(lambda: self.api.read_namespaced_service_account(
-            name, namespace, _preload_content=False, _request_timeout=self.timeout),
-            f"{namespace}/{name}", "serviceaccount")
+        obj = _read_or_none(self.api, api_path("serviceaccounts", namespace, name),
+                            f"{namespace}/{name}", "serviceaccount")
         if obj is None:
             return None
         meta = obj.get("metadata") or {}
@@ -492,8 +541,7 @@ class FanOut:
             "imagePullSecrets": [dict(e) for e in account.pull_secrets] + [{"name": secret}],
         }
         try:
-            self.api.patch_namespaced_service_account(
-                account.name, account.namespace, body, _content_type=MERGE_PATCH,
-                _preload_content=False, _request_timeout=self.timeout)
+            self.api.request("PATCH", api_path("serviceaccounts", account.namespace, account.name),
+                             body=body, content_type=MERGE_PATCH)
         except TRANSPORT_ERRORS as exc:
             raise translate(exc, ref, "serviceaccount") from None

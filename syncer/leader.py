@@ -16,13 +16,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from syncer.config import LeaderElectionSettings
-from syncer.kube import MERGE_PATCH, TRANSPORT_ERRORS, response_json, translate
+from syncer.kube import MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
 
 log = logging.getLogger(__name__)
+TIMEOUT = 5.0
+"""Seconds per Lease request: short, so a hung API server cannot outlast the lease."""
 
 
 def _micro_time(epoch: float) -> str:
@@ -32,7 +33,7 @@ def _micro_time(epoch: float) -> str:
 class LeaseElector:
     """One step at a time (``step()``), driven by the scheduler every ``renew_period``."""
 
-    def __init__(self, api: k8s.CoordinationV1Api, settings: LeaderElectionSettings,
+    def __init__(self, api: Api, settings: LeaderElectionSettings,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.api = api
         self.settings = settings
@@ -93,14 +94,15 @@ class LeaseElector:
 
     def _read(self) -> dict[str, Any] | None:
         try:
-            resp = self.api.read_namespaced_lease(self.settings.name, self.settings.namespace,
-                                                  _preload_content=False, _request_timeout=5)
+            lease: dict[str, Any] = self.api.get(self._path(self.settings.name), timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        lease: dict[str, Any] = response_json(resp)
         return lease
+
+    def _path(self, name: str = "") -> str:
+        return api_path("leases", self.settings.namespace, name, group="coordination.k8s.io")
 
     def _spec(self, acquired: bool, transitions: int) -> dict[str, Any]:
         now = _micro_time(self.wall())
@@ -117,8 +119,7 @@ class LeaseElector:
                 "spec": self._spec(acquired=True, transitions=0)}
         sent = self.clock()
         try:
-            self.api.create_namespaced_lease(self.settings.namespace, body,  # type: ignore[arg-type]
-                                             _request_timeout=5, _preload_content=False)
+            self.api.request("POST", self._path(), body=body, timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status == 409:  # someone else created it first
                 return
@@ -130,14 +131,16 @@ class LeaseElector:
                 "spec": self._spec(acquired, transitions)}
         sent = self.clock()
         try:
-            self.api.patch_namespaced_lease(self.settings.name, self.settings.namespace, body,
-                                            _content_type=MERGE_PATCH, _request_timeout=5,
-                                            _preload_content=False)
+            self._patch(body)
         except ApiException as exc:
             if exc.status == 409:
                 return  # lost the race; look again next step
             raise
         self._renewed(sent)
+
+    def _patch(self, body: dict[str, Any]) -> None:
+        self.api.request("PATCH", self._path(self.settings.name), body=body, content_type=MERGE_PATCH,
+                         timeout=TIMEOUT)
 
     def _renewed(self, sent: float) -> None:
         """A write in our name succeeded: we lead until ``sent`` + lease duration.
@@ -167,9 +170,7 @@ class LeaseElector:
             body = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
                     "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
                              "renewTime": _micro_time(self.wall())}}
-            self.api.patch_namespaced_lease(self.settings.name, self.settings.namespace, body,
-                                            _content_type=MERGE_PATCH, _request_timeout=5,
-                                            _preload_content=False)
+            self._patch(body)
             log.info("released lease %s", self.ref)
         except TRANSPORT_ERRORS as exc:
             log.warning("could not release lease %s: %s", self.ref, translate(exc, self.ref, "lease"))

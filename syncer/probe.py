@@ -36,7 +36,8 @@ import socket
 import ssl
 import string
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +64,8 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 8.0
 MAX_TOKEN_BODY = 1 << 20
 """Token responses are a few KiB; refuse to buffer more than this from a hostile endpoint."""
+MAX_DRAIN = 64 * 1024
+"""Bytes of a /v2/ answer read (and dropped) so its connection can be reused; more is not worth it."""
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -400,6 +403,25 @@ def make_session(settings: ProbeSettings) -> requests.Session:
 # --------------------------------------------------------------------------- helpers
 
 
+@contextmanager
+def _reusing(resp: requests.Response) -> Iterator[requests.Response]:
+    """Use ``resp``, then read the rest of a small body so the connection goes back to the pool.
+
+    Closing a streamed response with its body unread closes the connection, so the second
+    request of every probe paid a new TLS handshake; docker keeps the connection too.
+    """
+    with resp:
+        yield resp
+        size = 0
+        try:
+            for chunk in resp.iter_content(16 * 1024):
+                size += len(chunk)
+                if size > MAX_DRAIN:
+                    return  # not worth reading on: let close() drop the connection
+        except requests.exceptions.RequestException:
+            pass
+
+
 def _basic_header(credential: Credential) -> str:
     # RFC 7617 with charset=UTF-8 (as docker sends it); requests' own helper uses latin-1.
     raw = f"{credential.username}:{credential.password}".encode()
@@ -547,7 +569,7 @@ class Prober:
 
         ping = base + "/v2/"
         resp = self._get(ping, None, f"{name} /v2/")
-        with resp:
+        with _reusing(resp):
             status = resp.status_code
             lines = _challenge_lines(resp) if status == 401 else []
         log.debug("probe %s: anonymous GET /v2/ -> %d", name, status)
@@ -597,7 +619,7 @@ class Prober:
 
     def _basic(self, name: str, ping: str, credential: Credential) -> None:
         resp = self._get(ping, _basic_header(credential), f"{name} /v2/")
-        with resp:
+        with _reusing(resp):
             status = resp.status_code
         log.debug("probe %s: GET /v2/ with Basic auth -> %d", name, status)
         self._verdict(name, status, credential.username, "Basic auth")
@@ -661,7 +683,7 @@ class Prober:
             body = self._read_limited(resp, name, realm_host)
         token = self._token_from(body, name, realm_host)
         resp = self._get(ping, "Bearer " + token, f"{name} /v2/")
-        with resp:
+        with _reusing(resp):
             status = resp.status_code
         log.debug("probe %s: GET /v2/ with bearer token -> %d", name, status)
         self._verdict(name, status, user, f"bearer token from {realm_host}")

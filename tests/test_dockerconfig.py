@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 
 import pytest
@@ -121,6 +122,17 @@ def test_merge_preserves_unmanaged_hosts_and_keys(doc: dict, logins: dict) -> No
     for key, value in doc.items():
         if key != "auths":
             assert merged[key] == value
+
+
+@given(_doc, _logins, st.lists(_text, max_size=3))
+def test_merge_and_remove_never_mutate_their_input(doc: dict, logins: dict, drop: list) -> None:
+    """merge/remove share untouched values with their input instead of deep-copying it, so
+    prove the input stays exactly as it was, nested values included."""
+    before = copy.deepcopy(doc)
+    merged, _ = dc.merge(doc, logins)
+    dc.remove(merged, drop + list(logins))
+    dc.remove(doc, drop)
+    assert doc == before
 
 
 @given(_doc, _logins)

@@ -93,7 +93,7 @@ class Harness:
 
     def close(self) -> None:
         self.app.syncer.vault.close()
-        self.app.api_client.close()
+        self.app.api.close()
         root = logging.getLogger()
         root.removeHandler(self.handler)
         root.setLevel(self._level)

@@ -214,7 +214,7 @@ def test_reprs_and_exception_messages_redact(world: World, scenario: dict[str, A
         world.assert_no_leak(summary.render(), "dry-run summary")
     finally:
         app.syncer.vault.close()
-        app.api_client.close()
+        app.api.close()
 
 
 def test_store_errors_do_not_echo_secret_contents(world: World, scenario: dict[str, Any]) -> None:
@@ -233,4 +233,4 @@ def test_store_errors_do_not_echo_secret_contents(world: World, scenario: dict[s
         world.assert_no_leak(str(info.value) + repr(info.value), "KubeError")
     finally:
         app.syncer.vault.close()
-        app.api_client.close()
+        app.api.close()

@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 import trustme
-from kubernetes import client
 
-from syncer.config import KubernetesSettings
-from syncer.kube import KubeError, KubeErrorKind, SecretStore
+from syncer.kube import Api, KubeError, KubeErrorKind, SecretStore
 from tests.support.kube_fixtures import kube_client
 from tests.support.registry import Incoming, Reply
 
@@ -34,8 +32,7 @@ def test_a_200_that_is_not_a_json_object_is_a_clear_error(
         return Reply(200, [("Content-Type", "text/html")], body)
 
     server = registry_fake_server(respond)
-    api = client.CoreV1Api(kube_client(kubeconfig_for(server.url, ca, tmp_path / "kc")))
-    store = SecretStore(api, KubernetesSettings(timeout=5))
+    store = SecretStore(Api(kube_client(kubeconfig_for(server.url, ca, tmp_path / "kc")), timeout=5))
     with pytest.raises(KubeError) as info:
         store.read("ns", "pull")
     assert info.value.kind is KubeErrorKind.SERVER

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-
 from syncer.config import LeaderElectionSettings
+from syncer.kube import Api
 from syncer.leader import LeaseElector
 from tests.support.kube_fixtures import ADMIN_TOKEN, kube_client
 
@@ -25,7 +24,7 @@ class Clock:
 
 def elector(kube: Any, tmp_path: Path, identity: str, clock: Clock) -> LeaseElector:
     kubeconfig = kube.write_kubeconfig(tmp_path / f"kc-{identity}", ADMIN_TOKEN)
-    api = client.CoordinationV1Api(kube_client(kubeconfig))
+    api = Api(kube_client(kubeconfig), timeout=5)
     settings = LeaderElectionSettings(enabled=True, namespace=NS, name=LEASE, identity=identity,
                                       lease_duration=10.0, renew_period=2.0)
     return LeaseElector(api, settings, clock=clock)

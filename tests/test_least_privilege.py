@@ -114,7 +114,7 @@ def test_minimal_rbac_and_read_only_vault_suffice_on_every_path(
     finally:
         daemon.shutdown()
         app.syncer.vault.close()
-        app.api_client.close()
+        app.api.close()
     assert daemon.runs >= 4
     denied = [(r.verb, r.resource, r.name) for r in syncer_requests(world) if r.status == 403]
     assert denied == [], f"the minimal rules were not enough: {denied}"

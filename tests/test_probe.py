@@ -750,3 +750,19 @@ def test_no_secret_in_results_or_logs(
     for secret in secrets:
         assert secret not in text
     assert not re.search(r"(Basic|Bearer) [A-Za-z0-9+/_.=-]{8,}", text)
+
+
+def test_probes_reuse_one_connection(htpasswd_registry: Registry, prober: Prober) -> None:
+    """Each answer's body is read before the next request, as docker does, so the connection is
+    reused: one TLS handshake for three probes here, where closing unread answers cost two per
+    probe (CPU that dominated the probe phase at R = 50, docs/scaling.md)."""
+    from tests.support.proxy import FaultProxy
+
+    proxy = FaultProxy("127.0.0.1", int(htpasswd_registry.host.rsplit(":", 1)[1])).start()
+    try:
+        host = f"127.0.0.1:{proxy.port}"
+        outcomes = [prober.probe(host, cred).outcome for cred in (ROBOT, WRONG, ROBOT)]
+        assert outcomes == [Outcome.OK, Outcome.REJECTED, Outcome.OK]
+        assert proxy.connections == 1
+    finally:
+        proxy.stop()
