@@ -84,7 +84,8 @@ def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool) -> App:
     kube.size_connection_pool(api, settings.sync.concurrency)
     store = kube.SecretStore(api, dry_run=dry_run)
     fanout = kube.FanOut(api, dry_run)
-    recorder = EventRecorder(api, settings.kubernetes) if settings.kubernetes.events else None
+    recorder = (EventRecorder(api, settings.kubernetes, workers=settings.sync.concurrency)
+                if settings.kubernetes.events else None)
     syncer = Syncer(settings, source, store, prober, fanout=fanout, files=FileStore(dry_run))
     return App(settings, syncer, api, recorder)
 

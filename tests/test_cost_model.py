@@ -6,6 +6,11 @@ API test server, and probes by the registries' own access logs. Nothing is count
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,3 +146,51 @@ def test_probe_interval_expiry_probes_again(world: World, logins: list[Login],
     now[0] += 2 * 60
     assert app.syncer.run_once().ok
     assert probes(three_registries) - probed == R, "after probe.interval every host is probed again"
+
+
+def test_events_go_out_on_the_bounded_pool(world: World, logins: list[Login],
+                                           vault_proxy: CountingProxy) -> None:
+    """One Event per written secret, sent on the pool: more than one at a time, never more than
+    sync.concurrency (8 here). One after another they cost T x API latency after every rotation."""
+    lock = threading.Lock()
+    inflight, peak = [0], [0]
+
+    def slow_event() -> None:
+        with lock:
+            inflight[0] += 1
+            peak[0] = max(peak[0], inflight[0])
+        time.sleep(0.05)  # the server's own latency, so that overlapping sends can be seen
+        with lock:
+            inflight[0] -= 1
+
+    world.kube.before(lambda r: r.resource == "events" and r.verb == "create", slow_event, times=None)
+    result = world.run(config(world, logins, vault_proxy))
+    assert result.code == 0, result.out
+    assert world.kube.writes("secrets") == T
+    assert world.kube.count(verb="create", resource="events") == T
+    assert 1 < peak[0] <= 8, peak[0]
+
+
+FOOTPRINT = """
+import json, sys
+from syncer.cli import main
+codes = [main(args, env={}) for args in json.loads(sys.argv[1])]
+generated = ("kubernetes.client.api.", "kubernetes.client.models.")
+loaded = sorted(m for m in sys.modules if m.startswith(generated))
+print(json.dumps({"codes": codes, "loaded": loaded}))
+"""
+
+
+def test_generated_api_classes_are_never_imported(world: World, logins: list[Login],
+                                                  vault_proxy: CountingProxy) -> None:
+    """The pydantic-validated generated classes (CoreV1Api and its models) cost ~21 MB of RSS on
+    import, a quarter of the idle budget (docs/scaling.md). A sync, a preflight and a show in one
+    process must load none of them: kube.Api speaks JSON over the ApiClient's transport."""
+    cfg = str(config(world, logins, vault_proxy))
+    runs = [["--config", cfg, "--once"], ["check", "--config", cfg], ["show", "--config", cfg]]
+    proc = subprocess.run([sys.executable, "-c", FOOTPRINT, json.dumps(runs)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parent.parent, check=False)
+    world.assert_no_leak(proc.stdout + proc.stderr, "subprocess output")
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["codes"] == [0, 0, 0], proc.stdout[-2000:]
+    assert report["loaded"] == []

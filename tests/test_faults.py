@@ -462,14 +462,19 @@ def test_kube_401_expired_token_then_rotated_file(world: World, ngc: dict[str, A
              kubernetes={"kubeconfig": str(config)})
 
 
-def test_kube_401_triggers_token_file_reload(world: World, ngc: dict[str, Any], harness: Any) -> None:
+@pytest.mark.parametrize("target", [TARGET, {"namespace_selector": "fanout=yes", "name": NAME}],
+                         ids=["fixed", "selector"])
+def test_kube_401_triggers_token_file_reload(world: World, ngc: dict[str, Any], harness: Any,
+                                             target: dict[str, str]) -> None:
     """A 401 makes the client re-read the token file even when the file looks unchanged (same size
-    and mtime), and the request is retried once with the new token inside the same cycle."""
+    and mtime), and the request is retried once with the new token inside the same cycle. For a
+    selector target the first request to meet the 401 is the namespace LIST."""
     token_file = world.tmp / "sa-token"
     token_file.write_text("tok-AAAA")
     world.kube.add_token("tok-AAAA", user="syncer")
+    world.kube.add_namespace(NS, {"fanout": "yes"})
     seed(world)
-    h = harness(world.config([reg(ngc)], [TARGET],
+    h = harness(world.config([reg(ngc)], [target],
                              kubernetes={"kubeconfig": str(kubeconfig_with_token_file(world, token_file))}))
     started(h, world, ngc)
     new = rotate(world, ngc)
@@ -485,6 +490,7 @@ def test_kube_401_triggers_token_file_reload(world: World, ngc: dict[str, Any], 
     assert password(world, ngc["host"]) == new
     unauthorized = [r for r in world.kube.requests if r.status == 401]
     assert len(unauthorized) == 1, "exactly one 401, then the re-read token"
+    assert unauthorized[0].resource == ("namespaces" if "namespace_selector" in target else "secrets")
     assert "re-read the rotated token file" in h.logs()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import jwt
 import pytest
 import requests
+import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -798,3 +800,27 @@ def test_discovery_and_version(kube: KubeAPIServer, api: client.ApiClient, ca_fi
     assert {"secrets", "namespaces", "serviceaccounts", "events"} <= {r.name for r in resources.resources}
     resp = raw(kube, "GET", "/apis/example.com/v1/widgets", ca_file=ca_file)
     assert resp.status_code == 404
+
+
+def test_server_in_its_own_process(ca: trustme.CA, tmp_path: Path) -> None:
+    """The benchmark runs the server out of process (tests/support/kubeproc.py): setup and
+    counting calls are forwarded over a pipe, and requests are served by the child."""
+    from syncer.kube import Api, api_path
+    from tests.support.kubeproc import KubeAPIProcess
+
+    kube = KubeAPIProcess(ca, latency=0.0)
+    try:
+        assert kube.pid != os.getpid()
+        kube.add_namespace("a", {"team": "ml"})
+        kube.add_namespace("b", {"team": "web"})
+        kube.add_token(ADMIN_TOKEN, user="admin", groups=["system:masters"])
+        api = Api(kube_client(kube.write_kubeconfig(str(tmp_path / "kc"), ADMIN_TOKEN)), timeout=5)
+        items = api.get(api_path("namespaces"), {"labelSelector": "team=ml"})["items"]
+        assert [i["metadata"]["name"] for i in items] == ["a"]
+        assert kube.count(verb="list", resource="namespaces") == 1
+        with pytest.raises(RuntimeError, match="no_such_method"):
+            kube.no_such_method()
+        api.close()
+    finally:
+        kube.stop()
+    assert not kube.alive

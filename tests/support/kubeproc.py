@@ -53,6 +53,10 @@ class KubeAPIProcess:
     def pid(self) -> int:
         return int(self._proc.pid or 0)
 
+    @property
+    def alive(self) -> bool:
+        return self._proc.is_alive()
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
