@@ -63,8 +63,10 @@ def run_once(config: Path, profile: Path | None = None) -> dict[str, Any]:
     """One ``syncer --once`` child: exit code, cycle time, process wall, CPU and peak RSS."""
     cmd = syncer_cmd(config, "--once", "--log-level", "warning")
     if profile is not None:
+        # --gil: sample only the thread holding the GIL, i.e. where Python CPU goes;
+        # --nonblocking: do not pause 16+ threads 250 times a second (that distorted timings).
         cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "250",
-               "--subprocesses", "--output", str(profile), "--", *cmd]
+               "--gil", "--nonblocking", "--subprocesses", "--output", str(profile), "--", *cmd]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
@@ -124,18 +126,19 @@ class Bench:
             rotate(login, sentinel(f"r{i}"), self.world.vault_put)
             self.logins.append(login)
 
-    def config(self, concurrency: int, **extra: dict[str, Any]) -> Path:
+    def config(self, concurrency: int, events: bool = False, **extra: dict[str, Any]) -> Path:
         return self.world.config(
             [login.spec() for login in self.logins],
             [{"namespace_selector": SELECTOR, "name": NAME, "create": True}],
-            vault={"address": self.vault.url}, kubernetes={"events": False, "timeout": "30s"},
+            vault={"address": self.vault.url}, kubernetes={"events": events, "timeout": "30s"},
             probe={"timeout": "30s"}, sync={"concurrency": concurrency}, **extra)
 
-    def measure(self, label: str, concurrency: int, profile: Path | None = None) -> dict[str, Any]:
+    def measure(self, label: str, concurrency: int, profile: Path | None = None,
+                events: bool = False) -> dict[str, Any]:
         self.kube.reset_requests()
         self.vault.reset()
         probed = probes(self.regs)
-        result = run_once(self.config(concurrency), profile)
+        result = run_once(self.config(concurrency, events), profile)
         kube_requests = self.kube.count()
         row = {
             "scenario": label, "concurrency": concurrency, **result,
@@ -145,6 +148,7 @@ class Bench:
             "kube_namespace_lists": self.kube.count(verb="list", resource="namespaces"),
             "kube_secret_reads": self.kube.count(verb="get", resource="secrets"),
             "writes": self.kube.writes("secrets"),
+            "event_creates": self.kube.count(verb="create", resource="events"),
             "registry_probes": probes(self.regs) - probed,
         }
         row["registry_requests"] = row["registry_probes"] * 2
@@ -221,7 +225,7 @@ def budgets(rows: dict[str, dict[str, Any]], idle: dict[str, Any], limits: dict[
 
 
 COLUMNS = ("scenario", "kube_requests", "vault_requests", "vault_kv_reads", "registry_requests",
-           "registry_probes", "writes", "cycle_seconds", "ideal_seconds", "ratio_to_ideal",
+           "registry_probes", "writes", "event_creates", "cycle_seconds", "ideal_seconds", "ratio_to_ideal",
            "process_seconds", "cpu_seconds", "peak_rss_mb")
 
 
@@ -247,6 +251,24 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+COMPARED = ("cycle_seconds", "cpu_seconds", "peak_rss_mb", "kube_requests", "writes")
+
+
+def compare(before: dict[str, Any], after: dict[str, Any], name: str) -> str:
+    """A Markdown table of what changed against an earlier result (same scenarios only)."""
+    lines = ["", f"### Against {name}", "", "| scenario | " + " | ".join(COMPARED) + " |",
+             "|" + "---|" * (len(COMPARED) + 1)]
+    for key, row in after["scenarios"].items():
+        old = before.get("scenarios", {}).get(key)
+        if old is None:
+            continue
+        cells = [f"{old.get(m)} → {row.get(m)}" for m in COMPARED]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    idle = (before.get("daemon") or {}).get("idle_rss_mb"), after["daemon"]["idle_rss_mb"]
+    lines.append(f"\nIdle RSS: {idle[0]} → {idle[1]} MB.")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -255,6 +277,8 @@ def main() -> int:
     parser.add_argument("--targets", type=int, default=500)
     parser.add_argument("--latency", type=float, default=0.02, help="seconds added to each kube request")
     parser.add_argument("--profile", action="store_true", help="py-spy an extra c=16 rotation")
+    parser.add_argument("--baseline", default=str(ROOT / "bench" / "baseline.json"),
+                        help="an earlier JSON result to compare with (default: the run of record)")
     args = parser.parse_args()
     limits = json.loads((ROOT / "bench" / "budgets.json").read_text())
     from contextlib import ExitStack
@@ -270,6 +294,9 @@ def main() -> int:
         for c in (1, 16):
             bench.rotate_all()
             rows[f"rotation c={c}"] = bench.measure("full rotation", c)
+        # Not a budget row: what Events add to a rotation (sent on the same bounded pool).
+        bench.rotate_all()
+        rows["rotation c=16, events on"] = bench.measure("full rotation, events", 16, events=True)
         for key, row in rows.items():
             row["scenario"] = key
         report: dict[str, Any] = {
@@ -292,6 +319,8 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
+    if Path(args.baseline).is_file():
+        print(compare(json.loads(Path(args.baseline).read_text()), report, args.baseline))
     return 0 if all(ok for _, _, ok in report["budgets"]) else 1
 
 

@@ -176,7 +176,7 @@ class SyncSettings:
     conflict_retries: int = 5
     """How often a write is re-read and re-merged after a 409 Conflict."""
     concurrency: int = 16
-    """Upper bound on parallel Vault reads, probes and target writes."""
+    """Upper bound on parallel Vault reads, probes, target syncs and Event sends."""
 
 
 @dataclass(frozen=True)
