@@ -252,6 +252,9 @@ class Preflight:
             return []
         self.report.add(name, Status.OK if names else Status.WARN, f"{len(names)} namespaces match",
                         "" if names else "no namespace carries the labels yet")
+        if self.settings.kubernetes.list_secrets:
+            self._verbs(f"rbac list secrets named {target.name} (kubernetes.list_secrets)",
+                        [("list", "", "secrets", "", "")])
         return [target.in_namespace(ns) for ns in names]
 
     def _rbac(self, target: TargetSettings) -> None:
@@ -281,9 +284,11 @@ class Preflight:
             return
         what = ", ".join(f"{v} {r}{'/' + o if o else ''}" for v, _, r, _, o in denied)
         rules = "; ".join(f'verbs ["{v}"] on {r}{f" resourceNames [{o}]" if o else ""} '
-                          f'(apiGroups ["{g}"]) in namespace {ns}' for v, g, r, ns, o in denied)
+                          f'(apiGroups ["{g}"]) {f"in namespace {ns}" if ns else "cluster-wide"}'
+                          for v, g, r, ns, o in denied)
+        kind = "Role" if all(ns for _, _, _, ns, _ in denied) else "ClusterRole"
         self.report.add(name, Status.FAIL, f"denied: {what}",
-                        f"grant the syncer's ServiceAccount a Role with {rules}, and bind it")
+                        f"grant the syncer's ServiceAccount a {kind} with {rules}, and bind it")
 
     def _allowed(self, verb: str, group: str, resource: str, namespace: str, name: str) -> bool:
         attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}

@@ -38,6 +38,8 @@ PREVIOUS = ".dockerconfigjson.previous"
 """Data key holding the ``.dockerconfigjson`` the syncer last replaced, for ``syncer rollback``.
 It lives in the same Secret, so exactly the principals who can read the credentials can read it,
 and kubelet ignores keys other than ``.dockerconfigjson``."""
+LIST_PAGE = 500
+"""Items per page of a secret LIST (``limit``), so no single answer holds thousands of secrets."""
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -340,6 +342,9 @@ class SecretStore:
     path above can write by accident.
     """
 
+    list_page = LIST_PAGE
+    """Items per page of ``list_named``."""
+
     def __init__(self, api: Api, dry_run: bool = False) -> None:
         self.api = api
         self.dry_run = dry_run
@@ -349,6 +354,34 @@ class SecretStore:
         ref = f"{namespace}/{name}"
         obj = _read_or_none(self.api, api_path("secrets", namespace, name), ref)
         return None if obj is None else _snapshot(obj, ref)
+
+    def list_named(self, name: str) -> dict[str, SecretSnapshot | KubeError]:
+        """Every secret called ``name``, by namespace: one cluster-wide LIST, in pages.
+
+        ``fieldSelector=metadata.name`` keeps the answer to the secrets the syncer manages. A
+        secret that cannot be decoded maps to its KubeError, so only its own target fails.
+        """
+        found: dict[str, SecretSnapshot | KubeError] = {}
+        query = {"fieldSelector": f"metadata.name={name}", "limit": str(self.list_page)}
+        while True:
+            try:
+                page = self.api.get(api_path("secrets"), query)
+                items = [i for i in page.get("items") or [] if isinstance(i, dict)]
+                token = str((page.get("metadata") or {}).get("continue") or "")
+            except TRANSPORT_ERRORS as exc:
+                raise translate(exc, name, "secrets named") from None
+            except (ValueError, AttributeError):
+                raise KubeError(KubeErrorKind.SERVER, name, "unreadable secret list",
+                                "secrets named") from None
+            for item in items:
+                namespace = str((item.get("metadata") or {}).get("namespace", ""))
+                try:
+                    found[namespace] = _snapshot(item, f"{namespace}/{name}")
+                except KubeError as exc:
+                    found[namespace] = exc
+            if not token:
+                return found
+            query["continue"] = token
 
     @staticmethod
     def _check_size(ref: str, payload: bytes, other_bytes: int = 0) -> None:

@@ -197,6 +197,15 @@ class Summary:
         return "\n".join(lines + [self.one_line()])
 
 
+class _Unread:
+    """Marks a target whose secret was not listed: read it with a GET."""
+
+
+UNREAD = _Unread()
+Listed = SecretSnapshot | KubeError | None
+"""A listed secret, the error decoding it, or None when the LIST showed it does not exist."""
+
+
 @dataclass(frozen=True)
 class Login:
     """A registry's credentials as they should appear in secrets."""
@@ -248,7 +257,8 @@ class Syncer:
         usable = {h: login for h, login in logins.items() if h not in blocked}
         if logins:
             resolved, targets = self._resolve_targets()
-            targets += self._map(lambda t: self._sync_target(t, usable, logins), resolved)
+            listed = self._list_secrets(resolved)
+            targets += self._map(lambda t: self._sync_target(t, usable, logins, listed), resolved)
         else:
             targets = [TargetReport(t, TargetOutcome.SKIPPED, "no registry credentials could be read")
                        for t in self.settings.targets]
@@ -314,6 +324,25 @@ class Syncer:
                 seen.add(key)
                 resolved.append(target.in_namespace(ns))
         return resolved, failed
+
+    def _list_secrets(self, resolved: list[TargetSettings]) -> dict[tuple[str, str], Listed]:
+        """With ``kubernetes.list_secrets``: the fan-out targets' secrets from one LIST per name,
+        keyed by (namespace, name); None where the secret does not exist. A failed LIST only
+        costs speed: its targets are read one by one as usual."""
+        if not self.settings.kubernetes.list_secrets:
+            return {}
+        listed: dict[tuple[str, str], Listed] = {}
+        for name in sorted({t.name for t in resolved if t.namespace_selector}):
+            try:
+                found = self.store.list_named(name)
+            except KubeError as exc:
+                log.warning("cannot list secrets named %s cluster-wide, reading them one by one: %s",
+                            name, exc)
+                continue
+            for t in resolved:
+                if t.namespace_selector and t.name == name:
+                    listed[(t.namespace, name)] = found.get(t.namespace)
+        return listed
 
     def _link_accounts(self, target: TargetSettings, report: TargetReport) -> TargetReport:
         """Make every listed ServiceAccount reference the secret: append only, never reorder or
@@ -442,16 +471,19 @@ class Syncer:
     # ------------------------------------------------------------------ targets
 
     def _sync_target(self, target: TargetSettings, usable: Mapping[str, Login],
-                     all_logins: Mapping[str, Login]) -> TargetReport:
+                     all_logins: Mapping[str, Login],
+                     listed: Mapping[tuple[str, str], Listed]) -> TargetReport:
         report = TargetReport(target, dry_run=self.store.dry_run)
         hosts = self.settings.hosts_for(target)
         wanted = {h: usable[h] for h in hosts if h in usable}
         report.held_back = [h for h in hosts if h not in usable]
         if stop := self._stop_reason():
             return _skip(report, stop)
+        # The listed copy serves the first attempt only; after a conflict the secret is read again.
+        first: Listed | _Unread = listed.get((target.namespace, target.name), UNREAD)
         for _attempt in range(self.settings.sync.conflict_retries + 1):
             try:
-                self._attempt(target, wanted, report)
+                self._attempt(target, wanted, report, first)
                 if target.service_accounts and report.outcome in (
                         TargetOutcome.UNCHANGED, TargetOutcome.UPDATED, TargetOutcome.CREATED):
                     return self._link_accounts(target, report)
@@ -461,6 +493,7 @@ class Syncer:
                     log.error("target %s: %s", target.ref, exc)
                     return _target_fail(report, TargetOutcome.FAILED, exc.kind.value, str(exc))
                 report.conflicts += 1
+                first = UNREAD
                 log.info("target %s: changed by someone else while syncing; re-reading", target.ref)
         log.error("target %s: still conflicting after %d attempts; giving up this cycle",
                   target.ref, report.conflicts)
@@ -468,10 +501,10 @@ class Syncer:
                             f"still conflicting after {report.conflicts} attempts")
 
     def _attempt(self, target: TargetSettings, wanted: Mapping[str, Login],
-                 report: TargetReport) -> TargetReport:
-        """Read, merge and (if anything changed) write once. Raises KubeError."""
-        snapshot = self.files.read(target.file) if target.file else self.store.read(
-            target.namespace, target.name)
+                 report: TargetReport, listed: Listed | _Unread) -> TargetReport:
+        """Read (unless ``listed`` holds the secret already), merge and, if anything changed,
+        write once. Raises KubeError."""
+        snapshot = self._read(target, listed)
         what = "file" if target.file else "secret"
         if snapshot is None and not target.create:
             return _target_fail(report, TargetOutcome.FAILED, "not_found",
@@ -515,6 +548,15 @@ class Syncer:
         report.writes += 0 if self.store.dry_run else 1
         log.info("%s", report.line())
         return report
+
+    def _read(self, target: TargetSettings, listed: Listed | _Unread) -> SecretSnapshot | FileSnapshot | None:
+        if target.file:
+            return self.files.read(target.file)
+        if isinstance(listed, _Unread):
+            return self.store.read(target.namespace, target.name)
+        if isinstance(listed, KubeError):
+            raise listed
+        return listed
 
     def _annotations(self, managed: list[str], recorded: Mapping[str, int], merged: dockerconfig.Document,
                      wanted: Mapping[str, Login], pruned: list[str]) -> dict[str, str]:

@@ -148,3 +148,22 @@ def test_invalid_config_is_reported_as_failed_checks(world: World, tmp_path: Pat
     problems = [c["reason"] for c in json.loads(result.out)["checks"]]
     assert "targets[0].drift: must be one of repair, report (got 'sometimes')" in problems
     assert "registries: at least one [[registries]] entry is required" in problems
+
+
+def test_list_secrets_needs_a_cluster_wide_grant(world: World, ngc: dict[str, Any]) -> None:
+    domino_secret(world)
+    world.kube.add_namespace(NS, {"fanout": "yes"})
+    rules = [*SECRET_RULES, {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]}]
+    world.kube.set_rules(SYNCER_TOKEN, rules)
+    config = world.config([ngc], [{"namespace_selector": "fanout=yes", "name": NAME}],
+                          kubernetes={"list_secrets": True})
+    result, checks = checked(world, config)
+    name = f"rbac list secrets named {NAME} (kubernetes.list_secrets)"
+    assert result.code == 1 and list(failed(checks)) == [name], result.out
+    assert failed(checks)[name]["hint"] == ("grant the syncer's ServiceAccount a ClusterRole with "
+                                            'verbs ["list"] on secrets (apiGroups [""]) cluster-wide, '
+                                            "and bind it")
+    world.kube.set_rules(SYNCER_TOKEN, [*rules, {"apiGroups": [""], "resources": ["secrets"],
+                                                 "verbs": ["list"]}])
+    result, checks = checked(world, config)
+    assert result.code == 0 and checks[name]["status"] == "OK", result.out

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from syncer.cli import App
 from syncer.sync import TargetOutcome
 from tests.support.httpcount import CountingProxy
 from tests.support.registry import Registry
@@ -60,14 +61,16 @@ def logins(world: World, three_registries: list[Registry]) -> list[Login]:
     return out
 
 
-def config(world: World, logins: list[Login], proxy: CountingProxy, probe_interval: str = "0s") -> Path:
+def config(world: World, logins: list[Login], proxy: CountingProxy, probe_interval: str = "0s",
+           list_secrets: bool = False) -> Path:
     """T = 20: every ml namespace gets all R hosts, every data namespace only the first."""
     return world.config(
         [login.spec() for login in logins],
         [{"namespace_selector": "team=ml", "name": NAME, "create": True},
          {"namespace_selector": "team in (data)", "name": NAME, "create": True,
           "registries": [logins[0].host]}],
-        vault={"address": proxy.url}, probe={"interval": probe_interval}, sync={"concurrency": 8})
+        vault={"address": proxy.url}, probe={"interval": probe_interval}, sync={"concurrency": 8},
+        kubernetes={"list_secrets": list_secrets})
 
 
 def kv_reads(world: World, proxy: CountingProxy) -> int:
@@ -194,3 +197,78 @@ def test_generated_api_classes_are_never_imported(world: World, logins: list[Log
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["codes"] == [0, 0, 0], proc.stdout[-2000:]
     assert report["loaded"] == []
+
+
+# ------------------------------------------------------------------ kubernetes.list_secrets
+
+
+@pytest.fixture
+def listing_app(world: World, logins: list[Login], vault_proxy: CountingProxy) -> App:
+    """A daemon's wiring with list_secrets on and pages of 8 (20 secrets: 3 pages), filled once."""
+    app = long_lived_app(config(world, logins, vault_proxy, probe_interval="1h", list_secrets=True))
+    app.syncer.store.list_page = 8
+    assert app.syncer.run_once().ok
+    assert world.kube.writes() == T
+    assert world.kube.count(verb="get", resource="secrets") == 0, "the LIST showed none exist yet"
+    world.kube.reset_requests()
+    return app
+
+
+def test_list_secrets_replaces_the_per_namespace_gets(world: World, logins: list[Login],
+                                                      listing_app: App) -> None:
+    kube = world.kube
+    assert listing_app.syncer.run_once().ok
+    assert kube.writes() == 0
+    assert kube.count(verb="list", resource="secrets") == 3, "one paged LIST for the one secret name"
+    assert len(kube.requests) == 2 + 3, [(r.verb, r.resource) for r in kube.requests]
+
+    for login in logins[1:]:
+        rotate(login, sentinel("rotated"), world.vault_put)
+    kube.reset_requests()
+    summary = listing_app.syncer.run_once()
+    assert summary.ok, summary.render()
+    assert kube.writes() == len(ML) and kube.count(verb="get", resource="secrets") == 0
+    for ns in ML:
+        assert world.secret_doc(ns, NAME)["auths"][logins[2].host]["password"] == logins[2].password
+
+
+def test_a_listed_copy_gone_stale_is_read_again(world: World, logins: list[Login],
+                                                listing_app: App) -> None:
+    """The LIST is older than the write: a concurrent edit in between gets a 409, the secret is
+    read again with a GET, and the edit survives."""
+    def concurrent_edit() -> None:
+        doc = world.secret_doc("ml-00", NAME)
+        doc["auths"]["ghcr.io"] = {"username": "someone", "password": "else"}
+        world.put_dockerconfig("ml-00", NAME, doc)
+
+    rotate(logins[0], sentinel("rotated"), world.vault_put)
+    world.kube.before(lambda r: r.verb == "patch" and r.namespace == "ml-00", concurrent_edit)
+    summary = listing_app.syncer.run_once()
+    assert summary.ok, summary.render()
+    assert world.kube.count(verb="get", resource="secrets") == 1
+    assert world.kube.count(verb="patch", resource="secrets", namespace="ml-00") == 2
+    auths = world.secret_doc("ml-00", NAME)["auths"]
+    assert auths["ghcr.io"] == {"username": "someone", "password": "else"}
+    assert auths[logins[0].host]["password"] == logins[0].password
+
+
+def test_list_secrets_without_the_grant_falls_back_to_gets(world: World, logins: list[Login],
+                                                           listing_app: App,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    world.kube.add_fault(lambda r: r.verb == "list" and r.resource == "secrets", status=403, times=None)
+    world.put_dockerconfig("ml-01", NAME, {"auths": {}}, type="Opaque")
+    summary = listing_app.syncer.run_once()
+    assert world.kube.count(verb="get", resource="secrets") == T
+    assert "cannot list secrets named registry-pull cluster-wide" in caplog.text
+    outcomes = {t.target.namespace: t.outcome for t in summary.targets}
+    assert outcomes.pop("ml-01") is TargetOutcome.MALFORMED
+    assert set(outcomes.values()) == {TargetOutcome.UNCHANGED}
+
+
+def test_a_malformed_listed_secret_fails_alone(world: World, listing_app: App) -> None:
+    world.put_dockerconfig("ml-01", NAME, {"auths": {}}, type="Opaque")
+    summary = listing_app.syncer.run_once()
+    outcomes = {t.target.namespace: t.outcome for t in summary.targets}
+    assert outcomes.pop("ml-01") is TargetOutcome.MALFORMED
+    assert set(outcomes.values()) == {TargetOutcome.UNCHANGED}
+    assert world.kube.writes() == 0 and world.kube.count(verb="get", resource="secrets") == 0
