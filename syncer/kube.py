@@ -202,11 +202,6 @@ def reload_token(api: object) -> bool:
     return False
 
 
-def response_json(resp: object) -> Any:
-    """The decoded body of a call made with ``_preload_content=False`` (a urllib3 response)."""
-    return json.loads(resp.data)  # type: ignore[attr-defined]
-
-
 def api_path(resource: str, namespace: str = "", name: str = "", group: str = "") -> str:
     """``/api/v1/namespaces/NS/RESOURCE/NAME`` (or ``/apis/GROUP/v1/...``), segments quoted."""
     parts = ["/api/v1" if not group else f"/apis/{quote(group, safe='')}/v1"]
@@ -223,7 +218,7 @@ class Api:
 
     The ``ApiClient`` brings kubeconfig and in-cluster auth, TLS, proxies, token refresh and the
     connection pool. The generated API classes (``CoreV1Api`` and so on) are not used: since
-    kubernetes 35 they validate every call with pydantic, so importing ``CoreV1Api`` alone costs
+    kubernetes 37 they validate every call with pydantic, so importing ``CoreV1Api`` alone costs
     about 21 MB of RSS and each call about 0.4 ms more CPU (docs/scaling.md). The syncer needs a
     handful of endpoints and reads raw JSON anyway, so that nothing it does not know gets lost.
 
@@ -363,6 +358,7 @@ class SecretStore:
         """
         found: dict[str, SecretSnapshot | KubeError] = {}
         query = {"fieldSelector": f"metadata.name={name}", "limit": str(self.list_page)}
+        seen: set[str] = set()
         while True:
             try:
                 page = self.api.get(api_path("secrets"), query)
@@ -374,13 +370,20 @@ class SecretStore:
                 raise KubeError(KubeErrorKind.SERVER, name, "unreadable secret list",
                                 "secrets named") from None
             for item in items:
-                namespace = str((item.get("metadata") or {}).get("namespace", ""))
+                meta = item.get("metadata") or {}
+                if meta.get("name") != name:
+                    continue  # a server or proxy that ignored the fieldSelector
+                namespace = str(meta.get("namespace", ""))
                 try:
                     found[namespace] = _snapshot(item, f"{namespace}/{name}")
                 except KubeError as exc:
                     found[namespace] = exc
             if not token:
                 return found
+            if token in seen:
+                raise KubeError(KubeErrorKind.SERVER, name, "the API server repeated a continue token",
+                                "secrets named")
+            seen.add(token)
             query["continue"] = token
 
     @staticmethod

@@ -25,6 +25,7 @@ header, not the token, and no response body.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import enum
 import http.cookiejar
@@ -412,14 +413,14 @@ def _reusing(resp: requests.Response) -> Iterator[requests.Response]:
     """
     with resp:
         yield resp
-        size = 0
-        try:
-            for chunk in resp.iter_content(16 * 1024):
-                size += len(chunk)
-                if size > MAX_DRAIN:
-                    return  # not worth reading on: let close() drop the connection
-        except requests.exceptions.RequestException:
-            pass
+        # Only a body that declares a small length: a chunked or large one (or a registry that
+        # stalls mid-body) is not worth waiting for; close() then drops the connection.
+        length = resp.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > MAX_DRAIN:
+            return
+        with contextlib.suppress(requests.exceptions.RequestException):
+            for _chunk in resp.iter_content(16 * 1024):
+                pass
 
 
 def _basic_header(credential: Credential) -> str:
