@@ -384,3 +384,23 @@ def test_health_follows_a_cron_schedule(world: World, ngc: dict[str, Any], cron:
                                                   schedule={"cron": cron}))
     assert daemon.health.interval == period
     assert daemon.health.staleness == 3 * period
+
+
+def test_repeats_in_one_batch_aggregate_in_order(world: World, kube_admin_kubeconfig: str) -> None:
+    """emit_all spreads Events over threads, but repeats of one key stay on one thread in order:
+    one create, then count bumps; other keys are created alongside."""
+    from syncer.config import KubernetesSettings
+    from syncer.events import EventRecorder, EventSpec
+    from syncer.kube import Api
+    from tests.support.kube_fixtures import kube_client
+
+    recorder = EventRecorder(Api(kube_client(kube_admin_kubeconfig), timeout=5), KubernetesSettings(),
+                             workers=4)
+    repeated = EventSpec(NS, NAME, "SyncFailed", "same message", warning=True)
+    others = [EventSpec(NS, f"{NAME}-{i}", "CredentialsRotated", "nvcr.io: password changed")
+              for i in range(5)]
+    recorder.emit_all([repeated, *others[:2], repeated, *others[2:], repeated])
+    assert world.kube.count(verb="create", resource="events") == 6
+    assert world.kube.count(verb="patch", resource="events") == 2
+    failed = [e for e in world.kube.events(NS) if e["reason"] == "SyncFailed"]
+    assert len(failed) == 1 and failed[0]["count"] == 3
