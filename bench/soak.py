@@ -6,8 +6,8 @@
 
 Servers: a real OpenBao dev server and a real TLS + htpasswd ``docker-registry``, each behind a
 ``FaultProxy`` that gives each new connection a random fault (refuse, RST, response cut
-mid-way, and for Vault an HTTP 503) with probability ``--fault-rate``. Clients keep connections
-alive: the probe opens a new registry connection for most requests anyway, and Vault's single
+mid-way, and for Vault an HTTP 503) with probability ``--fault-rate``. The probe opens one
+registry connection per probe (and never keeps it), so each probe meets the dice. Vault's single
 keep-alive connection is cut whenever idle so its requests meet the dice too (a cut that races
 with reuse is one more injected reset; ``--drop-idle`` does the same to the registry).
 The Kubernetes API test server answers ~``--fault-rate`` of secret requests with 500, 409 (on
@@ -176,7 +176,7 @@ def main() -> int:
                 key = f"key-{rotations}"
                 registry.set_password("$oauthtoken", key)
                 bao.kv_put("soak/ngc", {"password": key})
-            if total >= args.cycles + WARMUP + 1:
+            if warm and total >= warm["cycle"] + args.cycles:
                 break
             time.sleep(0.2)
         elapsed = time.monotonic() - started

@@ -37,8 +37,7 @@ import socket
 import ssl
 import string
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -404,23 +403,22 @@ def make_session(settings: ProbeSettings) -> requests.Session:
 # --------------------------------------------------------------------------- helpers
 
 
-@contextmanager
-def _reusing(resp: requests.Response) -> Iterator[requests.Response]:
-    """Use ``resp``, then read the rest of a small body so the connection goes back to the pool.
+def _release(resp: requests.Response) -> None:
+    """Read the rest of a small body and close, so the request sent next reuses the connection.
 
-    Closing a streamed response with its body unread closes the connection, so the second
-    request of every probe paid a new TLS handshake; docker keeps the connection too.
+    Called on the anonymous ``GET /v2/`` just before the login: closing a streamed response with
+    its body unread closes its connection, and the login paid a second TLS handshake. Every other
+    answer is closed unread (the token's is sent with ``Connection: close``), so no connection
+    outlives its probe. A pooled connection that a load balancer dropped silently (many do after
+    a few idle minutes, about one sync interval) would hang the next cycle's probe for its whole
+    timeout. A chunked or large body, or one that stalls, is not worth waiting for either.
     """
-    with resp:
-        yield resp
-        # Only a body that declares a small length: a chunked or large one (or a registry that
-        # stalls mid-body) is not worth waiting for; close() then drops the connection.
-        length = resp.headers.get("Content-Length", "")
-        if not length.isdigit() or int(length) > MAX_DRAIN:
-            return
+    length = resp.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) <= MAX_DRAIN:
         with contextlib.suppress(requests.exceptions.RequestException):
             for _chunk in resp.iter_content(16 * 1024):
                 pass
+    resp.close()
 
 
 def _basic_header(credential: Credential) -> str:
@@ -569,22 +567,21 @@ class Prober:
                         "carry; nothing was sent")
 
         ping = base + "/v2/"
-        resp = self._get(ping, None, f"{name} /v2/")
-        with _reusing(resp):
-            status = resp.status_code
-            lines = _challenge_lines(resp) if status == 401 else []
-        log.debug("probe %s: anonymous GET /v2/ -> %d", name, status)
-        if status == 200:
-            raise _Stop(Outcome.UNVERIFIED, "unverified",
-                        f"{name} serves /v2/ without authentication, so the login for {user!r} "
-                        "cannot be verified")
-        if status != 401:
-            raise _Stop(Outcome.ERROR, f"http_{status}",
-                        f"{name} answered HTTP {status} to GET /v2/; is it a registry?")
-        challenge = self._pick_challenge(name, lines)
-        if challenge.scheme == "basic":
-            self._basic(name, ping, credential)
-        self._bearer(name, ping, challenge, credential)
+        # Kept open until the login: its connection is reused for the login or closed with it.
+        with self._get(ping, None, f"{name} /v2/") as anonymous:
+            status = anonymous.status_code
+            log.debug("probe %s: anonymous GET /v2/ -> %d", name, status)
+            if status == 200:
+                raise _Stop(Outcome.UNVERIFIED, "unverified",
+                            f"{name} serves /v2/ without authentication, so the login for {user!r} "
+                            "cannot be verified")
+            if status != 401:
+                raise _Stop(Outcome.ERROR, f"http_{status}",
+                            f"{name} answered HTTP {status} to GET /v2/; is it a registry?")
+            challenge = self._pick_challenge(name, _challenge_lines(anonymous))
+            if challenge.scheme == "basic":
+                self._basic(name, ping, credential, anonymous)
+            self._bearer(name, ping, challenge, credential, anonymous)
 
     def _pick_challenge(self, name: str, lines: list[str]) -> Challenge:
         """Bearer first, then Basic: the order of docker's authorizer handlers."""
@@ -618,9 +615,10 @@ class Prober:
                     f"{name} offers no supported auth scheme (offered: {offered}; "
                     "supported: Bearer, Basic)")
 
-    def _basic(self, name: str, ping: str, credential: Credential) -> None:
+    def _basic(self, name: str, ping: str, credential: Credential, anonymous: requests.Response) -> None:
+        _release(anonymous)
         resp = self._get(ping, _basic_header(credential), f"{name} /v2/")
-        with _reusing(resp):
+        with resp:
             status = resp.status_code
         log.debug("probe %s: GET /v2/ with Basic auth -> %d", name, status)
         self._verdict(name, status, credential.username, "Basic auth")
@@ -666,11 +664,14 @@ class Prober:
         query += [("offline_token", "true"), ("client_id", self._client_id), ("account", user)]
         return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", urlencode(query), ""))
 
-    def _bearer(self, name: str, ping: str, challenge: Challenge, credential: Credential) -> None:
+    def _bearer(self, name: str, ping: str, challenge: Challenge, credential: Credential,
+                anonymous: requests.Response) -> None:
         user = credential.username
         token_url = self._token_url(name, challenge, user)
         realm_host = _netloc(token_url)
-        resp = self._get(token_url, _basic_header(credential), f"token endpoint {realm_host}")
+        # Connection: close - the token body is read in full, which would pool the connection
+        # past this probe (see _drain for why none may outlive it).
+        resp = self._get(token_url, _basic_header(credential), f"token endpoint {realm_host}", close=True)
         with resp:
             status = resp.status_code
             log.debug("probe %s: token endpoint %s -> %d", name, realm_host, status)
@@ -683,8 +684,9 @@ class Prober:
                             f"the token endpoint {realm_host} of {name} answered HTTP {status}")
             body = self._read_limited(resp, name, realm_host)
         token = self._token_from(body, name, realm_host)
+        _release(anonymous)
         resp = self._get(ping, "Bearer " + token, f"{name} /v2/")
-        with _reusing(resp):
+        with resp:
             status = resp.status_code
         log.debug("probe %s: GET /v2/ with bearer token -> %d", name, status)
         self._verdict(name, status, user, f"bearer token from {realm_host}")
@@ -728,13 +730,13 @@ class Prober:
 
     # ----------------------------------------------------------------------- transport
 
-    def _get(self, url: str, authorization: str | None, what: str) -> requests.Response:
+    def _get(self, url: str, authorization: str | None, what: str, close: bool = False) -> requests.Response:
         """GET with retries for timeouts, connection errors, 429 and 5xx (never 401/403)."""
         attempt = 0
         while True:
             delay: float | None = None
             try:
-                resp = self._get_following(url, authorization, what)
+                resp = self._get_following(url, authorization, what, close)
             except requests.exceptions.SSLError as exc:  # before ConnectionError: a subclass
                 if _speaks_plain_http(exc):
                     raise _Stop(Outcome.ERROR, "insecure", f"{what} answers in plain HTTP, not HTTPS; "
@@ -769,10 +771,13 @@ class Prober:
             self._sleep(delay)
             attempt += 1
 
-    def _get_following(self, url: str, authorization: str | None, what: str) -> requests.Response:
+    def _get_following(self, url: str, authorization: str | None, what: str,
+                       close: bool = False) -> requests.Response:
         """One GET; follows same-origin redirects only, so Authorization never changes host."""
         origin = _origin(url)
         headers = {"Authorization": authorization} if authorization else {}
+        if close:
+            headers["Connection"] = "close"
         timeout = self._settings.timeout
         for _hop in range(MAX_REDIRECTS + 1):
             resp = self._session.get(url, headers=headers, timeout=(timeout, timeout),
