@@ -550,6 +550,7 @@ class Syncer:
         return report
 
     def _read(self, target: TargetSettings, listed: Listed | _Unread) -> SecretSnapshot | FileSnapshot | None:
+        """The target as it is now: its file, its listed copy, or a fresh GET."""
         if target.file:
             return self.files.read(target.file)
         if isinstance(listed, _Unread):
