@@ -251,7 +251,7 @@ class Api:
 
     def _send(self, method: str, path: str, query: Mapping[str, str] | None, body: Any,
               content_type: str, timeout: float | None) -> bytes:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": JSON}
         if body is not None:
             headers["Content-Type"] = content_type
         # param_serialize adds the auth header (calling the token-refresh hook) and User-Agent.
@@ -330,6 +330,28 @@ def _read_or_none(api: Api, path: str, ref: str, what: str = "secret") -> Any:
     return obj
 
 
+def _get_list(api: Api, path: str, query: Mapping[str, str], ref: str,
+              what: str) -> tuple[list[dict[str, Any]], str]:
+    """One page of a LIST: its object items and its ``continue`` token ("" on the last page)."""
+    try:
+        page = api.get(path, query)
+        items = [i for i in page.get("items") or [] if isinstance(i, dict)]
+        return items, str((page.get("metadata") or {}).get("continue") or "")
+    except TRANSPORT_ERRORS as exc:
+        raise translate(exc, ref, what) from None
+    except (ValueError, AttributeError, TypeError):
+        raise KubeError(KubeErrorKind.SERVER, ref, "unreadable list", what) from None
+
+
+def _write(api: Api, method: str, path: str, body: Any, ref: str, what: str = "secret",
+           content_type: str = JSON) -> None:
+    """Send a write; transport and HTTP failures become a KubeError about ``ref``."""
+    try:
+        api.request(method, path, body=body, content_type=content_type)
+    except TRANSPORT_ERRORS as exc:
+        raise translate(exc, ref, what) from None
+
+
 class SecretStore:
     """Reads and conditionally writes one kind of object: dockerconfigjson secrets.
 
@@ -360,15 +382,7 @@ class SecretStore:
         query = {"fieldSelector": f"metadata.name={name}", "limit": str(self.list_page)}
         seen: set[str] = set()
         while True:
-            try:
-                page = self.api.get(api_path("secrets"), query)
-                items = [i for i in page.get("items") or [] if isinstance(i, dict)]
-                token = str((page.get("metadata") or {}).get("continue") or "")
-            except TRANSPORT_ERRORS as exc:
-                raise translate(exc, name, "secrets named") from None
-            except (ValueError, AttributeError):
-                raise KubeError(KubeErrorKind.SERVER, name, "unreadable secret list",
-                                "secrets named") from None
+            items, token = _get_list(self.api, api_path("secrets"), query, name, "secrets named")
             for item in items:
                 meta = item.get("metadata") or {}
                 if meta.get("name") != name:
@@ -428,8 +442,8 @@ class SecretStore:
             log.info("dry-run: would update secret %s", snapshot.ref)
             return
         try:
-            self._send(snapshot.ref, "PATCH", api_path("secrets", snapshot.namespace, snapshot.name),
-                       body, MERGE_PATCH)
+            _write(self.api, "PATCH", api_path("secrets", snapshot.namespace, snapshot.name), body,
+                   snapshot.ref, content_type=MERGE_PATCH)
         except KubeError as exc:
             if exc.kind is not KubeErrorKind.NOT_FOUND:
                 raise
@@ -452,13 +466,7 @@ class SecretStore:
         if self.dry_run:
             log.info("dry-run: would create secret %s", ref)
             return
-        self._send(ref, "POST", api_path("secrets", namespace), body)
-
-    def _send(self, ref: str, method: str, path: str, body: Any, content_type: str = JSON) -> None:
-        try:
-            self.api.request(method, path, body=body, content_type=content_type)
-        except TRANSPORT_ERRORS as exc:
-            raise translate(exc, ref) from None
+        _write(self.api, "POST", api_path("secrets", namespace), body, ref)
 
 
 def _snapshot(obj: Mapping[str, Any], ref: str) -> SecretSnapshot:
@@ -533,13 +541,8 @@ class FanOut:
         A terminating namespace refuses new objects (403) and is about to lose the secret
         anyway, so it is skipped rather than reported as a failure.
         """
-        try:
-            items = self.api.get(api_path("namespaces"), {"labelSelector": selector}).get("items") or []
-        except TRANSPORT_ERRORS as exc:
-            raise translate(exc, selector, "namespaces matching") from None
-        except (ValueError, AttributeError):
-            raise KubeError(KubeErrorKind.SERVER, selector, "unreadable namespace list",
-                            "namespaces matching") from None
+        items, _ = _get_list(self.api, api_path("namespaces"), {"labelSelector": selector}, selector,
+                             "namespaces matching")
         names = []
         for item in items:
             meta = item.get("metadata") or {}
@@ -576,8 +579,5 @@ class FanOut:
             "metadata": {"resourceVersion": account.resource_version},
             "imagePullSecrets": [dict(e) for e in account.pull_secrets] + [{"name": secret}],
         }
-        try:
-            self.api.request("PATCH", api_path("serviceaccounts", account.namespace, account.name),
-                             body=body, content_type=MERGE_PATCH)
-        except TRANSPORT_ERRORS as exc:
-            raise translate(exc, ref, "serviceaccount") from None
+        _write(self.api, "PATCH", api_path("serviceaccounts", account.namespace, account.name), body,
+               ref, "serviceaccount", MERGE_PATCH)

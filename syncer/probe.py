@@ -670,7 +670,7 @@ class Prober:
         token_url = self._token_url(name, challenge, user)
         realm_host = _netloc(token_url)
         # Connection: close - the token body is read in full, which would pool the connection
-        # past this probe (see _drain for why none may outlive it).
+        # past this probe (see _release for why none may outlive it).
         resp = self._get(token_url, _basic_header(credential), f"token endpoint {realm_host}", close=True)
         with resp:
             status = resp.status_code
