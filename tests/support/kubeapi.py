@@ -881,6 +881,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_GET  # noqa: N815
 
 
+def _object_key(req: _Request, rt: ResourceType) -> tuple[str, str]:
+    """(namespace, name) of the object a request names; namespace "" for cluster-scoped kinds."""
+    return (req.namespace or "" if rt.namespaced else "", req.name or "")
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -1760,11 +1765,16 @@ class KubeAPIServer:
         rt = req.rt
         assert rt is not None and req.name
         with self._lock:
-            self._require_namespace(req, for_create=False)
-            obj = self._store(rt).get((req.namespace or "" if rt.namespaced else "", req.name))
-            if obj is None:
-                raise _not_found(rt, req.name)
-            return 200, copy.deepcopy(obj)
+            return 200, copy.deepcopy(self._existing(req, rt))
+
+    def _existing(self, req: _Request, rt: ResourceType) -> JSON:
+        """The stored object the request names (call under the lock); 404 when there is none."""
+        assert req.name
+        self._require_namespace(req, for_create=False)
+        obj = self._store(rt).get(_object_key(req, rt))
+        if obj is None:
+            raise _not_found(rt, req.name)
+        return obj
 
     def _list(self, req: _Request) -> tuple[int, Any]:
         rt = req.rt
@@ -1972,11 +1982,7 @@ class KubeAPIServer:
                 "the namespace of the provided object does not match the namespace sent on the request"
             )
         with self._lock:
-            self._require_namespace(req, for_create=False)
-            old = self._store(rt).get((req.namespace or "" if rt.namespaced else "", req.name))
-            if old is None:
-                raise _not_found(rt, req.name)
-            return self._commit_update(req, old, obj)
+            return self._commit_update(req, self._existing(req, rt), obj)
 
     def _patch(self, req: _Request) -> tuple[int, Any]:
         rt = req.rt
@@ -2007,10 +2013,7 @@ class KubeAPIServer:
                 "map[string]interface {}"
             )
         with self._lock:
-            self._require_namespace(req, for_create=False)
-            old = self._store(rt).get((req.namespace or "" if rt.namespaced else "", req.name))
-            if old is None:
-                raise _not_found(rt, req.name)
+            old = self._existing(req, rt)
             if ctype == "application/json-patch+json":
                 try:
                     new = json_patch(old, patch)
@@ -2049,11 +2052,8 @@ class KubeAPIServer:
                 raise _bad_request("invalid DeleteOptions") from exc
         pre = opts.get("preconditions") or {} if isinstance(opts, dict) else {}
         with self._lock:
-            self._require_namespace(req, for_create=False)
-            key = (req.namespace or "" if rt.namespaced else "", req.name)
-            old = self._store(rt).get(key)
-            if old is None:
-                raise _not_found(rt, req.name)
+            key = _object_key(req, rt)
+            old = self._existing(req, rt)
             for fld, label in (("uid", "UID"), ("resourceVersion", "ResourceVersion")):
                 want = pre.get(fld)
                 if want and want != old["metadata"].get(fld):
