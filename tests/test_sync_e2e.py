@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,11 +14,7 @@ NS = "domino-compute"
 NAME = "domino-quay-repos"
 QUAY = {"username": "quay-robot", "password": "existing-quay-secret", "email": "."}
 
-
-@pytest.fixture
-def world(tmp_path: Path, bao: Any, kube: Any, ca_file: str) -> World:
-    kube.add_namespace(NS)
-    return World(tmp_path, bao, kube, ca_file)
+pytest_plugins = ["tests.support.operator_fixtures"]  # the world fixture (this module's ngc wins)
 
 
 @pytest.fixture
