@@ -677,9 +677,8 @@ def running_daemon(domino_world: dict[str, Any]) -> Iterator[tuple[dict[str, Any
     data["leader_election"].update(lease_duration="3s", renew_period="200ms")
     data["metrics"]["listen"] = "127.0.0.1:0"
     settings = config_mod.load(write_config(world, data), domino_world["env"])
-    app = build_app(settings, domino_world["env"], dry_run=False)
-    stop = threading.Event()
-    daemon, registry = make_daemon(app, stop)
+    app = build_app(settings, domino_world["env"], dry_run=False, daemon=True)
+    daemon, registry = make_daemon(app)
     server = make_server("127.0.0.1", 0, registry, daemon.health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     daemon.start()
