@@ -161,9 +161,8 @@ class _DeadlineReader(io.RawIOBase):
 class BoundedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most ``max_connections`` of them (see the module docstring)."""
 
+    # server_close() joins non-daemon handler threads: a trickling client would delay shutdown.
     daemon_threads = True
-    # Never wait for handler threads on close: a trickling client must not delay shutdown.
-    block_on_close = False
     request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
