@@ -193,3 +193,23 @@ def test_daemon_collaborators_come_through_constructors(world: World, ngc: dict[
         daemon.shutdown()
         app.syncer.vault.close()
     assert should_stop() and not daemon.health.live()[0]
+
+
+BASE = {"vault": {"address": "https://vault.example.com", "auth": {"method": "token", "token_file": "/t"}},
+        "registries": [{"host": "nvcr.io", "path": "p"}], "targets": [{"namespace": "ns", "name": "s"}]}
+
+
+def test_metrics_server_limits_are_configurable() -> None:
+    settings = config_mod.from_mapping({**BASE, "metrics": {"handler_timeout": "2s",
+                                                            "max_connections": 8}}, {})
+    assert (settings.metrics.handler_timeout, settings.metrics.max_connections) == (2.0, 8)
+    defaults = config_mod.from_mapping(BASE, {}).metrics
+    assert (defaults.handler_timeout, defaults.max_connections) == (5.0, 32)
+
+
+def test_bad_metrics_server_limits_name_their_keys() -> None:
+    with pytest.raises(config_mod.ConfigError) as err:
+        config_mod.from_mapping({**BASE, "metrics": {"handler_timeout": "2m", "max_connections": 0}}, {})
+    assert sorted(err.value.problems) == [
+        "metrics.handler_timeout: must be at most 60s (the kubelet's probe gives up long before)",
+        "metrics.max_connections: must be between 1 and 1024"]
