@@ -96,7 +96,8 @@ def test_thousand_idle_connections_neither_exhaust_fds_nor_block_healthz_nor_the
     """Attack: 1,000 TCP connections to the daemon's metrics port that never send a byte, held
     open, against a daemon whose fd limit (512) is below that.
     Safe: the daemon holds at most ``max_connections`` of them (fd count stays bounded), a fresh
-    /healthz answers 200 within a second, and a rotation is still synced while they are held."""
+    /healthz answers 200 within 2 s (about 10 ms measured), and a rotation is still synced while
+    they are held."""
     port = free_port()
     config = world.config([reg(ngc)], [{"namespace": NS, "name": NAME}],
                           schedule=fast_schedule(interval="500ms"), metrics={"listen": f"127.0.0.1:{port}"})
@@ -111,7 +112,7 @@ def test_thousand_idle_connections_neither_exhaust_fds_nor_block_healthz_nor_the
         held = fd_count(daemon.proc.pid)
         status, latency = timed_get(f"http://127.0.0.1:{port}/healthz")
         assert status == 200
-        assert latency < 1.0, f"/healthz took {latency:.2f}s with {IDLE} idle connections"
+        assert latency < 2.0, f"/healthz took {latency:.2f}s with {IDLE} idle connections"
         # The sync keeps working: a rotation reaches the secret while the sockets are held.
         new_key = sentinel("rotated")
         htpasswd_registry.set_password("$oauthtoken", new_key)
