@@ -29,12 +29,16 @@ FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
+# Where the source lives (a placeholder until the project has its public home; the alerts'
+# runbook_url uses the same address). Override with --build-arg SOURCE=<repository URL>.
+ARG SOURCE=https://github.com/example/registry-credential-syncer
 LABEL org.opencontainers.image.title="registry-credential-syncer" \
       org.opencontainers.image.description="Syncs container-registry credentials from Vault into login-verified Kubernetes dockerconfigjson secrets" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.documentation="docs/operator-guide.md"
 
 # A fixed numeric UID/GID so Kubernetes can verify runAsNonRoot (deploy/ uses runAsUser 10001).

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
 from syncer import __version__, commands, config, kube, logs, vault
@@ -19,10 +20,10 @@ from syncer.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from syncer.config import Settings
 from syncer.events import EventRecorder
 from syncer.filetarget import FileStore
-from syncer.health import Health, make_server
+from syncer.health import Health, Heartbeat, make_server
 from syncer.leader import LeaseElector
 from syncer.metrics import Metrics
-from syncer.scheduler import Daemon, run_period
+from syncer.scheduler import Daemon, StopWhen, run_period
 from syncer.sync import Summary, Syncer, events_for
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,12 @@ class App:
     syncer: Syncer
     api: kube.Api
     recorder: EventRecorder | None
+    stop: threading.Event
+    """Set on SIGTERM/SIGINT (or by the daemon's shutdown); the Syncer stops between writes."""
+    heartbeat: Heartbeat
+    """The Syncer's progress, for /healthz."""
+    leader: LeaseElector | None = None
+    """The Lease elector, for a daemon with leader election."""
 
     def publish(self, summary: Summary) -> None:
         """Events for a finished cycle (never in dry-run: events_for returns none)."""
@@ -78,16 +85,26 @@ class App:
             self.recorder.emit_all(events_for(summary))
 
 
-def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool) -> App:
-    """Construct every client from settings and hand them to the Syncer."""
+def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool, *, daemon: bool = False,
+              stop: threading.Event | None = None) -> App:
+    """Construct every client from settings and hand them to the Syncer.
+
+    The stop event, the leader (``daemon=True`` with leader election) and the heartbeat are made
+    first, so the Syncer gets them in its constructor and ``make_daemon`` reuses the same ones.
+    """
+    stop = stop if stop is not None else threading.Event()
     api, source, prober = commands.build_clients(settings, env)
     kube.size_connection_pool(api, settings.sync.concurrency)
     store = kube.SecretStore(api, dry_run=dry_run)
     fanout = kube.FanOut(api, dry_run)
     recorder = (EventRecorder(api, settings.kubernetes, workers=settings.sync.concurrency)
                 if settings.kubernetes.events else None)
-    syncer = Syncer(settings, source, store, prober, fanout=fanout, files=FileStore(dry_run))
-    return App(settings, syncer, api, recorder)
+    leader = (LeaseElector(api, settings.leader_election)
+              if daemon and settings.leader_election.enabled else None)
+    heartbeat = Heartbeat()
+    syncer = Syncer(settings, source, store, prober, should_stop=StopWhen(stop, leader),
+                    progress=heartbeat.beat, fanout=fanout, files=FileStore(dry_run))
+    return App(settings, syncer, api, recorder, stop, heartbeat, leader)
 
 
 def install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
@@ -121,35 +138,38 @@ def maintain_vault(source: vault.VaultSource) -> float | None:
     return source.token_ttl()
 
 
-def make_daemon(app: App, stop: threading.Event) -> tuple[Daemon, CollectorRegistry]:
-    """The daemon and the metrics registry it feeds."""
+def make_daemon(app: App) -> tuple[Daemon, CollectorRegistry]:
+    """The daemon (for an app built with ``daemon=True``) and the metrics registry it feeds."""
     settings = app.settings
+    if settings.leader_election.enabled and app.leader is None:
+        raise ValueError("leader election is enabled: build the app with build_app(..., daemon=True)")
     registry = CollectorRegistry()
     metrics = Metrics(registry, settings)
     period = run_period(settings.schedule)
-    health = Health(period, settings.schedule.stale_after or 3 * period)
-    leader = None
-    if settings.leader_election.enabled:
-        leader = LeaseElector(app.api, settings.leader_election)
-    daemon = Daemon(settings.schedule, app.syncer, metrics, health, stop, leader=leader,
+    scheduler = BackgroundScheduler(timezone="UTC")
+    # A cycle may legitimately run up to its deadline; only one that stops progressing is stuck.
+    health = Health(period, settings.schedule.stale_after or 3 * period,
+                    stuck_after=max(3 * period, settings.schedule.run_timeout),
+                    heartbeat=app.heartbeat, scheduler_alive=lambda: bool(scheduler.running))
+    daemon = Daemon(settings.schedule, app.syncer, metrics, health, app.stop, leader=app.leader,
                     publish=app.publish, vault_maintain=lambda: maintain_vault(app.syncer.vault),
-                    renew_period=settings.leader_election.renew_period)
+                    scheduler=scheduler, renew_period=settings.leader_election.renew_period)
     return daemon, registry
 
 
-def run_daemon(app: App, stop: threading.Event) -> int:
+def run_daemon(app: App) -> int:
     """Serve metrics and health, run the scheduler until a signal, then shut down cleanly."""
     listen = app.settings.metrics
-    daemon, registry = make_daemon(app, stop)
+    daemon, registry = make_daemon(app)
     try:
-        server = make_server(listen.host, listen.port, registry, daemon.health)
+        server = make_server(listen.host, listen.port, registry, daemon.health, listen)
     except OSError as exc:
         log.error("cannot listen on %s:%d for metrics: %s", listen.host, listen.port, exc)
         return EXIT_FAILED
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("serving /metrics, /healthz, /readyz on %s:%d", listen.host, server.server_address[1])
     daemon.start()
-    stop.wait()
+    app.stop.wait()
     daemon.shutdown()
     server.shutdown()
     server.server_close()
@@ -166,7 +186,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             return commands.run(args, sys.argv[1:] if argv is None else argv, env)
         settings = load_settings(args.config, env)
         logs.setup(args.log_format, args.log_level)
-        app = build_app(settings, env, args.dry_run)
+        app = build_app(settings, env, args.dry_run, daemon=not args.once)
     except UsageError as exc:
         print(f"syncer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -174,13 +194,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return commands.report_config_error(exc)
     log.info("syncer %s starting: %d registries, %d targets%s", __version__,
              len(settings.registries), len(settings.targets), " (dry-run)" if args.dry_run else "")
-    stop = threading.Event()
-    previous = install_signal_handlers(stop)
+    # A CronJob pod gets SIGTERM too: the Syncer (built with app.stop) stops before the next
+    # write, then the login is revoked below.
+    previous = install_signal_handlers(app.stop)
     try:
         if not args.once:
-            return run_daemon(app, stop)
-        # A CronJob pod gets SIGTERM too: stop before the next write, then revoke the login below.
-        app.syncer.should_stop = stop.is_set
+            return run_daemon(app)
         summary = app.syncer.run_once()
         app.publish(summary)
         print_summary(summary)

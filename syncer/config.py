@@ -170,6 +170,10 @@ class MetricsSettings:
     """Listen address."""
     port: int = 9102
     """Listen port."""
+    handler_timeout: float = 5.0
+    """Seconds a client has to send its request and read the answer; then it is disconnected."""
+    max_connections: int = 32
+    """Connections served at once; a newcomer beyond it displaces the oldest unfinished request."""
 
 
 @dataclass(frozen=True)
@@ -538,8 +542,15 @@ def _metrics(sec: _Section) -> MetricsSettings:
     if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         sec.problem("listen", f"must be HOST:PORT (got {listen!r})")
         host, port = "0.0.0.0", "9102"  # noqa: S104
+    default = MetricsSettings()
+    timeout = sec.get_duration("handler_timeout", default.handler_timeout)
+    if timeout > 60:
+        sec.problem("handler_timeout", "must be at most 60s (the kubelet's probe gives up long before)")
+        timeout = default.handler_timeout
+    connections = sec.get_int("max_connections", default.max_connections, 1, 1024)
     sec.finish()
-    return MetricsSettings(host=host.strip("[]"), port=int(port))
+    return MetricsSettings(host=host.strip("[]"), port=int(port), handler_timeout=timeout,
+                           max_connections=connections)
 
 
 def _sync(sec: _Section) -> SyncSettings:

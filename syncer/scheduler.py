@@ -46,6 +46,19 @@ class Leader(Protocol):
         """Give the lease up so another replica can take over at once."""
 
 
+class StopWhen:
+    """The Syncer's ``should_stop``: writes stop between targets once shutdown is requested or,
+    with leader election, once the lease is lost mid-run. Built first and handed to the Syncer's
+    constructor; the Daemon gets the same event and leader."""
+
+    def __init__(self, stop: threading.Event, leader: Leader | None = None) -> None:
+        self.stop = stop
+        self.leader = leader
+
+    def __call__(self) -> bool:
+        return self.stop.is_set() or (self.leader is not None and not self.leader.is_leader)
+
+
 def make_trigger(settings: ScheduleSettings) -> BaseTrigger:
     """Cron when configured, else the interval with jitter."""
     if settings.cron:
@@ -105,12 +118,6 @@ class Daemon:
         self.failures = 0
         self.runs = 0
         self._running = threading.Lock()
-        health.scheduler_alive = lambda: bool(self.scheduler.running)
-        # Writes stop between targets when we shut down or lose the lease mid-run.
-        syncer.should_stop = self._should_stop
-
-    def _should_stop(self) -> bool:
-        return self.stop.is_set() or (self.leader is not None and not self.leader.is_leader)
 
     def start(self) -> None:
         """Schedule the jobs (sync runs at once) and start the scheduler thread."""

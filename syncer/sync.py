@@ -226,6 +226,7 @@ class Syncer:
         prober: Prober | None,
         *,
         should_stop: Callable[[], bool] = lambda: False,
+        progress: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         fanout: FanOut,
         files: FileStore,
@@ -235,6 +236,8 @@ class Syncer:
         self.store = store
         self.prober = prober if settings.probe.enabled else None
         self.should_stop = should_stop
+        self.progress = progress
+        """Called after every completed step (Vault read, probe, target): /healthz's heartbeat."""
         self.clock = clock
         self.pool_size = settings.sync.concurrency
         self.fanout = fanout
@@ -281,9 +284,15 @@ class Syncer:
         return ""
 
     def _map(self, fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-        """``fn`` over ``items`` on the bounded pool (``sync.concurrency``), results in order."""
+        """``fn`` over ``items`` on the bounded pool (``sync.concurrency``), results in order.
+        Each finished item is a completed step, reported to ``progress``."""
+        def step(item: _T) -> _R:
+            result = fn(item)
+            self.progress()
+            return result
+
         with ThreadPoolExecutor(self.pool_size, thread_name_prefix="sync") as pool:
-            return list(pool.map(fn, items))
+            return list(pool.map(step, items))
 
     # ------------------------------------------------------------------ fan-out
 

@@ -52,10 +52,9 @@ def fast_schedule(**overrides: Any) -> dict[str, Any]:
 
 def in_process(world: World, config: Path) -> tuple[Daemon, Any, threading.Event]:
     settings = config_mod.load(config, {})
-    app = build_app(settings, {}, dry_run=False)
-    stop = threading.Event()
-    daemon, registry = make_daemon(app, stop)
-    return daemon, registry, stop
+    app = build_app(settings, {}, dry_run=False, daemon=True)
+    daemon, registry = make_daemon(app)
+    return daemon, registry, app.stop
 
 
 def approle_auth(world: World, name: str, **role: Any) -> dict[str, str]:
@@ -340,10 +339,10 @@ class _WatchedStop(threading.Event):
 def test_run_waiting_for_the_lock_does_not_start_after_shutdown(world: World, ngc: dict[str, Any]) -> None:
     """A run that checked for shutdown, then waited for the in-flight one, must not start once
     shutdown has passed that lock (the lease is released and the Vault token revoked then)."""
-    app = build_app(config_mod.load(world.config([reg(ngc)], [{"namespace": NS, "name": NAME}]), {}),
-                    {}, dry_run=False)
     stop = _WatchedStop()
-    daemon, _ = make_daemon(app, stop)
+    app = build_app(config_mod.load(world.config([reg(ngc)], [{"namespace": NS, "name": NAME}]), {}),
+                    {}, dry_run=False, daemon=True, stop=stop)
+    daemon, _ = make_daemon(app)
     results: list[Any] = []
     with daemon._running:  # a run is in flight
         runner = threading.Thread(target=lambda: results.append(daemon.run_cycle()))

@@ -225,7 +225,7 @@ def test_overlay_and_cronjob_component_compose(tmp_path: Path) -> None:
     objects = kustomize(tmp_path)
     validate_objects(objects)
     assert {o["kind"] for o in objects} >= {"CronJob", "ConfigMap", "Role"}
-    assert not [o for o in objects if o["kind"] in ("Deployment", "Service")]
+    assert not [o for o in objects if o["kind"] in ("Deployment", "Service", "PodDisruptionBudget")]
     settings = settings_of(objects)
     assert [(t.namespace, t.name) for t in settings.targets] == [(DOMINO_NS, DOMINO_SECRET)]
 
@@ -362,6 +362,74 @@ def test_network_policy_allows_only_dns_api_vault_registries_and_metrics() -> No
     assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == [metrics_port["containerPort"]]
     egress = sorted((p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"])
     assert egress == [("TCP", 53), ("TCP", 443), ("TCP", 6443), ("TCP", 8200), ("UDP", 53)]
+
+
+OPEN_CIDRS = ("0.0.0.0/0", "::/0")
+
+
+def assert_no_open_ingress(policy: dict[str, Any]) -> None:
+    """Every ingress rule names its peers: a namespace by its immutable name label, or a CIDR
+    narrower than everything. An empty ``from`` (or an empty selector) admits everyone."""
+    assert "Ingress" in policy["spec"]["policyTypes"]
+    for rule in policy["spec"].get("ingress", []):
+        assert rule.get("from"), f"ingress rule open to every source: {rule}"
+        for peer in rule["from"]:
+            if "ipBlock" in peer:
+                assert set(peer) == {"ipBlock"} and peer["ipBlock"]["cidr"] not in OPEN_CIDRS, peer
+            else:
+                assert set(peer) == {"namespaceSelector"}, peer
+                labels = peer["namespaceSelector"].get("matchLabels", {})
+                assert set(labels) == {"kubernetes.io/metadata.name"} and labels[
+                    "kubernetes.io/metadata.name"], peer
+
+
+@pytest.mark.parametrize("name", [*WORKLOAD_OVERLAYS, "fanout"])
+def test_network_policy_admits_the_metrics_port_only_from_monitoring(name: str) -> None:
+    policy = one(render(name), "NetworkPolicy")
+    assert_no_open_ingress(policy)
+    peers = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert peers == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+def test_documented_metrics_access_patch_applies(tmp_path: Path) -> None:
+    """The guide's patch (another namespace plus a CIDR) renders, validates and stays closed."""
+    section = GUIDE.read_text().split("### Metrics port access", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    patches = yaml.safe_load(block)["patches"]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(KUSTOMIZATIONS["base"], tmp_path)], "patches": patches}))
+    objects = kustomize(tmp_path)
+    validate_objects(objects)
+    policy = one(objects, "NetworkPolicy")
+    assert_no_open_ingress(policy)
+    assert policy["spec"]["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prometheus"}}},
+        {"ipBlock": {"cidr": "10.20.0.0/24"}}]
+
+
+@pytest.mark.parametrize("name", WORKLOAD_OVERLAYS)
+def test_pod_disruption_budget_keeps_one_replica_and_only_for_the_deployment(name: str) -> None:
+    objects = render(name)
+    workload = workload_of(objects)
+    budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    if workload["kind"] == "CronJob":
+        assert budgets == [], "a CronJob's pods are not covered by a PodDisruptionBudget"
+        return
+    (pdb,) = budgets
+    spec = pdb["spec"]
+    assert pdb["metadata"]["namespace"] == workload["metadata"]["namespace"]
+    assert spec["selector"] == workload["spec"]["selector"]
+    replicas = workload["spec"]["replicas"]
+    allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
+    assert replicas >= 2 and 1 <= allowed < replicas, "one replica may go, one must stay"
+
+
+def test_dockerfile_names_its_source_repository() -> None:
+    stage = final_stage()
+    labels = " ".join(rest for ins, rest in stage if ins == "LABEL")
+    assert 'org.opencontainers.image.source="${SOURCE}"' in labels
+    (source,) = [rest.split("=", 1)[1] for ins, rest in stage if ins == "ARG" and rest.startswith("SOURCE=")]
+    assert re.fullmatch(r"https://[\w.-]+/[\w.-]+/registry-credential-syncer", source), source
 
 
 # ------------------------------------------------------------------------------ Dockerfile
@@ -677,9 +745,8 @@ def running_daemon(domino_world: dict[str, Any]) -> Iterator[tuple[dict[str, Any
     data["leader_election"].update(lease_duration="3s", renew_period="200ms")
     data["metrics"]["listen"] = "127.0.0.1:0"
     settings = config_mod.load(write_config(world, data), domino_world["env"])
-    app = build_app(settings, domino_world["env"], dry_run=False)
-    stop = threading.Event()
-    daemon, registry = make_daemon(app, stop)
+    app = build_app(settings, domino_world["env"], dry_run=False, daemon=True)
+    daemon, registry = make_daemon(app)
     server = make_server("127.0.0.1", 0, registry, daemon.health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     daemon.start()

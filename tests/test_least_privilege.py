@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -99,8 +98,8 @@ def test_minimal_rbac_and_read_only_vault_suffice_on_every_path(
     world.kube.add_fault(lambda r: r.verb == "patch" and r.name == "pull", status=409, reason="Conflict")
     world.kube.before(lambda r: r.verb == "patch" and r.name == "fresh",
                       lambda: world.kube.delete_secret(NS, "fresh"), times=1)
-    app = build_app(settings, {}, dry_run=False)
-    daemon, _ = make_daemon(app, threading.Event())
+    app = build_app(settings, {}, dry_run=False, daemon=True)
+    daemon, _ = make_daemon(app)
     daemon.start()
     try:
         deadline = time.monotonic() + 10
