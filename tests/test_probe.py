@@ -15,21 +15,18 @@ from collections.abc import Callable
 import pytest
 import requests
 
+from syncer.challenge import Challenge, ChallengeError, parse_challenges
 from syncer.config import ProbeSettings
 from syncer.credential import Credential
 from syncer.probe import (
     DOCKER_HUB_URL,
-    MAX_RETRY_AFTER,
-    Challenge,
-    ChallengeError,
     InsecureRegistryError,
     Outcome,
     Prober,
     ProbeResult,
-    make_session,
-    parse_challenges,
     registry_url,
 )
+from syncer.transport import MAX_RETRY_AFTER, make_session
 from tests.support.net import free_port
 from tests.support.registry import FakeServer, Incoming, Registry, Reply, Responder, TokenServer
 from tests.support.registry_fixtures import DEFAULT_USERS, TokenRegistry
