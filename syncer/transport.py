@@ -453,7 +453,7 @@ class Transport:
         choice = self.proxy_for(url)
         proxies = {"https": choice.url, "http": choice.url} if choice.url else {}
         try:
-            return self._session.get(url, headers=headers, timeout=(timeout, timeout),
+            resp = self._session.get(url, headers=headers, timeout=(timeout, timeout),
                                      allow_redirects=False, stream=True, proxies=proxies)
         except requests.exceptions.RequestException as exc:
             if deadline.why:
@@ -462,6 +462,12 @@ class Transport:
         except ValueError:
             # requests parses Location even with allow_redirects=False (Response.next).
             raise TransportError("protocol", f"{what} sent a response that cannot be parsed") from None
+        if deadline.why:
+            # Cut in the middle of its headers: http.client ends the header block at EOF, so
+            # what arrived looks like a complete (shorter) answer. It is not one.
+            resp.close()
+            raise _expired(deadline, what)
+        return resp
 
     def read_body(self, resp: requests.Response, limit: int, what: str,
                   deadline: Deadline) -> bytes:
