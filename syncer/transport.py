@@ -19,6 +19,7 @@ import email.utils
 import http.cookiejar
 import logging
 import random
+import re
 import socket
 import ssl
 import threading
@@ -310,14 +311,14 @@ def cause(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+_TUNNEL_FAILED = re.compile(r"Tunnel connection failed: (\d{3}(?: [A-Za-z][A-Za-z -]{0,40})?)")
+
+
 def _proxy_status(exc: BaseException) -> str:
     """``403 Forbidden`` from urllib3's "Tunnel connection failed: 403 Forbidden", if any."""
     for err in causes(exc):
-        text = str(err) if isinstance(err, OSError) else ""
-        marker = "Tunnel connection failed: "
-        if marker in text:
-            status = text.split(marker, 1)[1].strip()[:40]
-            return "".join(c if c.isprintable() else "?" for c in status)
+        if match := _TUNNEL_FAILED.search(str(err)):
+            return match.group(1).strip()
     return ""
 
 
