@@ -228,3 +228,24 @@ def test_once_and_check_use_and_name_the_proxy_from_the_environment(
     env["NO_PROXY"] = "127.0.0.1"
     main(["check", "--config", str(config)], env=env)
     assert "direct (NO_PROXY entry 127.0.0.1)" in capsys.readouterr().out
+
+
+def test_deadline_holds_through_the_tunnel(
+    tinyproxy: Callable[..., TinyProxy], ca: Any, probe_settings: ProbeSettings
+) -> None:
+    """The deadline's watchdog also closes sockets opened to a proxy (the CONNECT tunnel)."""
+    import time
+
+    from tests.support.hostile import SlowServer
+
+    server = SlowServer(ca, "headers", interval=0.05)
+    try:
+        proxy = tinyproxy(server.port)
+        prober = prober_with(probe_settings, {"HTTPS_PROXY": proxy.url}, timeout=5.0, deadline=1.0)
+        start = time.monotonic()
+        result = prober.probe(server.host, ROBOT)
+        assert (result.outcome, result.reason) == (Outcome.ERROR, "timeout"), result
+        assert time.monotonic() - start < 3.0
+        assert [line.split()[0] for line in proxy.requests()] == ["CONNECT"]
+    finally:
+        server.stop()
