@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 # (Debian packages; prometheus is installed without recommends and its service is not needed).
 system-deps:
 	@if ! command -v docker-registry >/dev/null || ! command -v htpasswd >/dev/null \
-	    || ! command -v promtool >/dev/null; then \
+	    || ! command -v promtool >/dev/null || ! command -v tinyproxy >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils tinyproxy \
 	    && $$SUDO apt-get install -y --no-install-recommends prometheus; \
 	fi
 

@@ -100,6 +100,8 @@ def config_failure(problems: list[str]) -> Report:
 
 PROBE_HINTS = {
     "tls": "trust the registry's CA with probe.ca_cert",
+    "proxy": "check the proxy (probe.proxy or HTTPS_PROXY) allows CONNECT to the registry port, "
+             "or list the registry in NO_PROXY",
     "timeout": "check network, DNS, proxy and firewall from here to the registry",
     "connection": "check network, DNS, proxy and firewall from here to the registry",
     "insecure": "the registry must serve HTTPS; credentials are never sent over plain HTTP",
@@ -207,6 +209,8 @@ class Preflight:
             if self.prober is None:
                 self.report.add(name, Status.SKIP, "probe.enabled = false")
                 continue
+            self.report.add(f"registry.proxy {registry.host}", Status.OK,
+                            self.prober.proxy_for(registry.host).describe())
             result = self.prober.probe(registry.host, credential)
             shown = f"{self.settings.vault.kv_mount}/{registry.path}"
             if result.outcome is Outcome.OK:

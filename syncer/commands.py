@@ -16,12 +16,13 @@ from typing import Any, NamedTuple
 import yaml
 from kubernetes.config.config_exception import ConfigException
 
-from syncer import config, kube, logs, probe, vault
+from syncer import config, kube, logs, probe, transport, vault
 from syncer.check import Preflight, config_failure
 from syncer.config import Settings
 from syncer.filetarget import FileStore
 from syncer.history import rollback_file, rollback_secret
 from syncer.kube import KubeError
+from syncer.proxies import ProxyEnv, proxy_problem, with_scheme
 from syncer.show import Inspector, render, to_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -112,13 +113,27 @@ def build_clients(settings: Settings, env: Mapping[str, str]) -> Clients:
     except ValueError as exc:
         problems.append(str(exc))
     try:
-        session = probe.make_session(settings.probe)
+        session = transport.make_session(settings.probe)
     except ValueError as exc:
         problems.append(str(exc))
+    proxy_env = ProxyEnv.from_environ(env)
+    problems += _proxy_env_problems(proxy_env, settings)
     if problems or api_client is None or vault_client is None or session is None:
         raise config.ConfigError(problems)
     return Clients(kube.Api(api_client, settings.kubernetes.timeout),
-                   vault.VaultSource(vault_client, settings.vault), probe.Prober(session, settings.probe))
+                   vault.VaultSource(vault_client, settings.vault),
+                   probe.Prober(session, settings.probe, proxy_env=proxy_env))
+
+
+def _proxy_env_problems(proxy_env: ProxyEnv, settings: Settings) -> list[str]:
+    """A proxy variable the probe would use must be a usable URL (named, never quoted)."""
+    if settings.probe.proxy or not settings.probe.enabled:
+        return []
+    problems = []
+    for var, value in (proxy_env.https, proxy_env.all):
+        if value and (problem := proxy_problem(with_scheme(value))):
+            problems.append(f"environment {var}: {problem}")
+    return problems
 
 
 def report_config_error(exc: config.ConfigError) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 from apscheduler.triggers.cron import CronTrigger
 
 from syncer.hosts import normalize_key
+from syncer.proxies import proxy_problem
 
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 AUTH_METHODS = ("token", "approle", "kubernetes")
@@ -117,6 +118,12 @@ class ProbeSettings:
     """Retries for timeouts, 429 and 5xx (never for 401/403)."""
     interval: float = 0.0
     """Reuse a conclusive probe result of an unchanged login for this long; 0 = probe every cycle."""
+    deadline: float = 60.0
+    """Wall-clock seconds for one whole probe (every request, retry and back-off together);
+    ``timeout`` still bounds each connect and read within it."""
+    proxy: str = ""
+    """Egress proxy URL for probes (``http://`` or ``https://``, userinfo allowed, never printed);
+    "" = from HTTPS_PROXY/NO_PROXY in the environment."""
 
 
 @dataclass(frozen=True)
@@ -488,7 +495,11 @@ def _probe(sec: _Section) -> ProbeSettings:
         verify_before_write=sec.get_bool("verify_before_write", True),
         retries=sec.get_int("retries", 2, 0, 10),
         interval=sec.get_duration("interval", 0.0, positive=False),
+        deadline=sec.get_duration("deadline", 60.0),
+        proxy=sec.get_str("proxy").strip(),
     )
+    if settings.proxy and (problem := proxy_problem(settings.proxy)):
+        sec.problem("proxy", problem)
     sec.finish()
     return settings
 

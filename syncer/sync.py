@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -256,15 +256,19 @@ class Syncer:
         self._deadline = wall + self.settings.schedule.run_timeout
         reports = {r.host: RegistryReport(r.host) for r in self.settings.registries}
         logins = self._read_vault(reports)
-        blocked = self._probe(logins, reports)
-        usable = {h: login for h, login in logins.items() if h not in blocked}
-        if logins:
-            resolved, targets = self._resolve_targets()
-            listed = self._list_secrets(resolved)
-            targets += self._map(lambda t: self._sync_target(t, usable, logins, listed), resolved)
-        else:
-            targets = [TargetReport(t, TargetOutcome.SKIPPED, "no registry credentials could be read")
-                       for t in self.settings.targets]
+        # Probes run on their own pool: a target waits only for the probes of its own hosts, so
+        # one slow registry delays nothing else (and waiting targets cannot starve the probes).
+        with ThreadPoolExecutor(self.pool_size, thread_name_prefix="probe") as probes:
+            verdicts = self._start_probes(probes, logins, reports)
+            if logins:
+                resolved, targets = self._resolve_targets()
+                listed = self._list_secrets(resolved)
+                targets += self._map(lambda t: self._sync_target(
+                    t, self._usable_for(t, logins, verdicts), logins, listed), resolved)
+            else:
+                targets = [TargetReport(t, TargetOutcome.SKIPPED,
+                                        "no registry credentials could be read")
+                           for t in self.settings.targets]
         for target in targets:
             for change in target.changes:
                 rotated = change.change is not Change.UNCHANGED and change.host not in target.drift
@@ -418,39 +422,53 @@ class Syncer:
 
     # ------------------------------------------------------------------ probe
 
-    def _probe(self, logins: Mapping[str, Login], reports: Mapping[str, RegistryReport]) -> set[str]:
-        """Probe every host once; returns hosts whose new credentials must not be written."""
-        prober = self.prober
-        if prober is None:
-            return set()
-        hosts = list(logins)
-        results = self._map(lambda h: self._probe_cached(prober, h, logins[h].credential), hosts)
-        blocked = set()
-        for host, result in zip(hosts, results, strict=True):
-            report = reports[host]
-            report.probe = result
-            if result.outcome is Outcome.OK:
-                report.outcome, report.detail = RegistryOutcome.OK, "login verified"
-            elif result.outcome is Outcome.UNVERIFIED:
-                report.outcome, report.reason = RegistryOutcome.UNVERIFIED, "unverified"
-                report.detail = "registry accepts anonymous access; credentials could not be verified"
-                log.warning("registry %s: %s", host, report.detail)
-            elif result.outcome is Outcome.REJECTED:
-                _fail(report, "probe", "rejected", f"registry rejected the credentials from Vault "
-                      f"({result.detail}); old entries kept")
-                report.outcome = RegistryOutcome.REJECTED
-                log.error("registry %s: login rejected: %s", host, result.detail)
-                if self.settings.probe.verify_before_write:
-                    blocked.add(host)
-            elif result.reason in REFUSED_REASONS:
-                _fail(report, "probe", result.reason, f"refused: {result.detail}; nothing written")
-                log.error("registry %s: refused (%s): %s", host, result.reason, result.detail)
-                blocked.add(host)
-            else:
-                _fail(report, "probe", result.reason, f"probe failed: {result.detail} "
-                      "(credentials still written: the failure says nothing about them)")
-                log.error("registry %s: probe error (%s): %s", host, result.reason, result.detail)
-        return blocked
+    def _start_probes(self, pool: ThreadPoolExecutor, logins: Mapping[str, Login],
+                      reports: Mapping[str, RegistryReport]) -> dict[str, Future[bool]]:
+        """Probe every host once, in the background; each future says whether the host's new
+        credentials must not be written. Without a prober every host is usable at once."""
+        verdicts: dict[str, Future[bool]] = {}
+        for host, login in logins.items():
+            if self.prober is None:
+                done: Future[bool] = Future()
+                done.set_result(False)
+                verdicts[host] = done
+                continue
+            verdicts[host] = pool.submit(self._probe_host, self.prober, host, login.credential,
+                                         reports[host])
+        return verdicts
+
+    def _usable_for(self, target: TargetSettings, logins: Mapping[str, Login],
+                    verdicts: Mapping[str, Future[bool]]) -> dict[str, Login]:
+        """The logins a target may write, once the probes of its own hosts have finished."""
+        hosts = [h for h in self.settings.hosts_for(target) if h in logins]
+        return {h: logins[h] for h in hosts if not verdicts[h].result()}
+
+    def _probe_host(self, prober: Prober, host: str, credential: Credential,
+                    report: RegistryReport) -> bool:
+        """Probe one host and record the verdict in its report; True = blocked."""
+        result = self._probe_cached(prober, host, credential)
+        report.probe = result
+        if result.outcome is Outcome.OK:
+            report.outcome, report.detail = RegistryOutcome.OK, "login verified"
+        elif result.outcome is Outcome.UNVERIFIED:
+            report.outcome, report.reason = RegistryOutcome.UNVERIFIED, "unverified"
+            report.detail = "registry accepts anonymous access; credentials could not be verified"
+            log.warning("registry %s: %s", host, report.detail)
+        elif result.outcome is Outcome.REJECTED:
+            _fail(report, "probe", "rejected", f"registry rejected the credentials from Vault "
+                  f"({result.detail}); old entries kept")
+            report.outcome = RegistryOutcome.REJECTED
+            log.error("registry %s: login rejected: %s", host, result.detail)
+            return self.settings.probe.verify_before_write
+        elif result.reason in REFUSED_REASONS:
+            _fail(report, "probe", result.reason, f"refused: {result.detail}; nothing written")
+            log.error("registry %s: refused (%s): %s", host, result.reason, result.detail)
+            return True
+        else:
+            _fail(report, "probe", result.reason, f"probe failed: {result.detail} "
+                  "(credentials still written: the failure says nothing about them)")
+            log.error("registry %s: probe error (%s): %s", host, result.reason, result.detail)
+        return False
 
     def _probe_cached(self, prober: Prober, host: str, credential: Credential) -> ProbeResult:
         """Probe, or reuse a conclusive result for the same login younger than probe.interval.
@@ -460,7 +478,7 @@ class Syncer:
         """
         interval = self.settings.probe.interval
         if interval <= 0:
-            return prober.probe(host, credential)
+            return prober.probe(host, credential, self.should_stop)
         digest = hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
         key = (host, digest)
         now = self.clock()
@@ -468,7 +486,7 @@ class Syncer:
             cached = self._probe_cache.get(key)
         if cached is not None and now - cached[0] < interval:
             return cached[1]
-        result = prober.probe(host, credential)
+        result = prober.probe(host, credential, self.should_stop)
         with self._probe_lock:
             # Forget older logins of this host so the cache holds at most one entry per host.
             for old in [k for k in self._probe_cache if k[0] == host]:

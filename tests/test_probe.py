@@ -11,25 +11,23 @@ import dataclasses
 import logging
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
 
+from syncer.challenge import Challenge, ChallengeError, parse_challenges
 from syncer.config import ProbeSettings
 from syncer.credential import Credential
 from syncer.probe import (
     DOCKER_HUB_URL,
-    MAX_RETRY_AFTER,
-    Challenge,
-    ChallengeError,
     InsecureRegistryError,
     Outcome,
     Prober,
     ProbeResult,
-    make_session,
-    parse_challenges,
     registry_url,
 )
+from syncer.transport import MAX_RETRY_AFTER, make_session
 from tests.support.net import free_port
 from tests.support.registry import FakeServer, Incoming, Registry, Reply, Responder, TokenServer
 from tests.support.registry_fixtures import DEFAULT_USERS, TokenRegistry
@@ -769,3 +767,22 @@ def test_one_connection_per_probe(kind: str, request: pytest.FixtureRequest, pro
         assert proxy.connections == 3
     finally:
         proxy.stop()
+
+
+def test_probe_deadline_key(tmp_path: Path) -> None:
+    """probe.deadline parses as a duration (default 60 s); zero is a config error with its path."""
+    from syncer.config import ConfigError, load
+
+    path = tmp_path / "c.toml"
+    base = ('[vault]\naddress = "https://v:8200"\n[vault.auth]\nmethod = "token"\n'
+            '[[registries]]\nhost = "r.io"\npath = "r"\n'
+            '[[targets]]\nnamespace = "ns"\nname = "pull"\n')
+    path.write_text(base + '[probe]\ndeadline = "1500ms"\n')
+    env = {"VAULT_TOKEN": "t"}
+    assert load(str(path), env).probe.deadline == 1.5
+    path.write_text(base)
+    assert load(str(path), env).probe.deadline == 60.0
+    path.write_text(base + '[probe]\ndeadline = "0s"\n')
+    with pytest.raises(ConfigError) as info:
+        load(str(path), env)
+    assert any(p.startswith("probe.deadline") for p in info.value.problems), info.value.problems
