@@ -447,6 +447,7 @@ class Syncer:
                     report: RegistryReport) -> bool:
         """Probe one host and record the verdict in its report; True = blocked."""
         result = self._probe_cached(prober, host, credential)
+        self.progress()  # a finished probe is a step of the cycle (health: stuck vs long)
         report.probe = result
         if result.outcome is Outcome.OK:
             report.outcome, report.detail = RegistryOutcome.OK, "login verified"
