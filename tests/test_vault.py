@@ -855,3 +855,75 @@ def test_no_login_after_close(bao, bao_paths, approle, sources):
         src.read(reg(path))
     assert src.logins == 1
     assert bao.token_accessors() - before == set()
+
+
+# ---------------------------------------------------------------------------- idle connections
+
+
+@pytest.fixture
+def idle_proxy(bao: BaoServer) -> Iterator[Any]:
+    """A proxy in front of OpenBao that drops the first request on a connection idle > 0.2 s
+    (Vault's http_idle_timeout, shortened) and closes it."""
+    from tests.support.proxy import FaultProxy
+
+    proxy = FaultProxy("127.0.0.1", bao.port).start()
+    proxy.swallow_idle = 0.2
+    yield proxy
+    proxy.stop()
+
+
+def test_reads_survive_vault_closing_idle_connections(bao, bao_paths, approle, sources,
+                                                      idle_proxy):
+    """Issue 11.3: ten cycles spaced past the idle timeout: every read succeeds, one login."""
+    paths = [bao_paths.kv("a"), bao_paths.kv("b")]
+    for p in paths:
+        bao.kv_put(p, {"username": "u", "password": "p-" + p})
+    src = sources(vsettings(idle_proxy.url, approle(paths)))
+    failed = 0
+    for _ in range(10):
+        for p in paths:
+            try:
+                assert src.read(reg(p)).credential.password == "p-" + p
+            except VaultError:
+                failed += 1
+        time.sleep(0.3)
+    assert failed == 0
+    assert src.logins == 1
+    assert idle_proxy.swallowed >= 9, "the proxy never dropped a request: the test proves nothing"
+
+
+def test_token_lookup_is_retried_after_an_idle_close(bao, bao_paths, tmp_path, sources,
+                                                     idle_proxy):
+    """A rotated token file after an idle spell: lookup-self meets the dead connection, is
+    retried once, and the new token is adopted."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "p"})
+    policy = bao.read_policy([path])
+    tf = tmp_path / "token"
+    tf.write_text(bao.create_token([policy]))
+    src = sources(vsettings(idle_proxy.url, token_auth(token_file=str(tf))))
+    src.read(reg(path))
+    tf.write_text(bao.create_token([policy]))
+    time.sleep(0.3)
+    src.ensure_login()
+    assert (src.logins, idle_proxy.swallowed) == (2, 1)
+
+
+def test_login_is_never_retried_on_a_dead_connection(bao, bao_paths, approle, sources,
+                                                     idle_proxy):
+    """A login that met a closed connection may have reached Vault: it fails for this cycle
+    (unreachable) instead of being sent again, and the next cycle logs in."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "p"})
+    clock = FakeClock()
+    src = sources(vsettings(idle_proxy.url, approle([path], token_ttl="1h")), clock=clock)
+    src.read(reg(path))
+    connections = idle_proxy.connections
+    time.sleep(0.3)
+    clock.advance(3600)  # the token expired: the next request is a login
+    err = error_of(src.ensure_login)
+    assert err.kind is VaultErrorKind.UNREACHABLE
+    assert idle_proxy.swallowed == 1
+    assert idle_proxy.connections == connections, "the login was sent again"
+    src.ensure_login()
+    assert src.logins == 2
