@@ -51,10 +51,14 @@ def make_client(settings: VaultSettings) -> hvac.Client:
     if settings.ca_cert:
         load_ca(settings.ca_cert, "vault.ca_cert")
     verify: bool | str = settings.ca_cert or True
+    auth = settings.auth
+    # cert auth: the pair goes with every request, as with VAULT_CLIENT_CERT, because Vault
+    # checks the certificate again when the token is renewed.
+    cert = (auth.client_cert, auth.client_key) if auth.method == "cert" else None
 
     def adapter(**kwargs: Any) -> hvac.adapters.JSONAdapter:
-        # hvac.Client fills ``cert`` from VAULT_CLIENT_CERT/KEY when it is None: drop it.
-        kwargs.update(cert=None, verify=verify, token="", namespace=settings.namespace or None)
+        # hvac.Client fills ``cert`` from VAULT_CLIENT_CERT/KEY when it is None: replace it.
+        kwargs.update(cert=cert, verify=verify, token="", namespace=settings.namespace or None)
         return hvac.adapters.JSONAdapter(**kwargs)
 
     return hvac.Client(

@@ -43,16 +43,15 @@ def _jwt(client: hvac.Client, auth: VaultAuthSettings, secret: ReadSecret) -> ob
 
 
 def _cert(client: hvac.Client, auth: VaultAuthSettings, secret: ReadSecret) -> object:
-    # The proof is the TLS handshake: requests presents the pair on this request only.
-    # hvac's own cert.login insists on a CA argument and guesses at PEM-or-path; the
-    # adapter call is the same POST without the guessing. Both files are checked first
-    # (regular, bounded) because OpenSSL would block on a FIFO.
+    # The proof is the TLS handshake: make_client gives the adapter the pair, so every
+    # request (renew-self too, which Vault checks against the login certificate) carries
+    # it. hvac's own cert.login insists on a CA argument and guesses at PEM-or-path; this
+    # is the same POST without the guessing. Both files are checked first (regular,
+    # bounded) because OpenSSL would block on a FIFO.
     secret(auth.client_cert, "client certificate")
     secret(auth.client_key, "client key")
     body = {"name": auth.role} if auth.role else {}
-    return client.adapter.post(
-        f"/v1/auth/{auth.mount_path}/login", json=body, cert=(auth.client_cert, auth.client_key),
-    )
+    return client.adapter.post(f"/v1/auth/{auth.mount_path}/login", json=body)
 
 
 LOGINS: dict[str, Login] = {

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from syncer import config
-from syncer.config import RegistrySettings, VaultAuthSettings, VaultSettings
+from syncer.config import VaultAuthSettings
 from syncer.vault import (
     FORBIDDEN_RELOGIN_INTERVAL,
     VaultError,
@@ -29,42 +29,7 @@ from syncer.vault import (
 )
 from tests.support.net import free_port
 from tests.support.vault import BaoServer
-from tests.support.vault_fixtures import BaoPaths
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def reg(path: str, **kw: Any) -> RegistrySettings:
-    return RegistrySettings(host="registry.example.com", path=path, **kw)
-
-
-def vsettings(address: str, auth: VaultAuthSettings, **kw: Any) -> VaultSettings:
-    kw.setdefault("timeout", 5.0)
-    return VaultSettings(address=address, auth=auth, **kw)
-
-
-@pytest.fixture
-def sources() -> Iterator[Callable[..., VaultSource]]:
-    """Build VaultSources with real clients; close them all at the end."""
-    made: list[VaultSource] = []
-
-    def build(settings: VaultSettings, **kw: Any) -> VaultSource:
-        src = VaultSource(make_client(settings), settings, **kw)
-        made.append(src)
-        return src
-
-    yield build
-    for src in made:
-        src.close()
+from tests.support.vault_fixtures import BaoPaths, FakeClock, error_of, reg, vsettings
 
 
 def token_auth(token: str = "", token_file: str = "") -> VaultAuthSettings:
@@ -91,12 +56,6 @@ def approle(bao: BaoServer, bao_paths: BaoPaths, tmp_path: Path) -> Callable[...
         )
 
     return make
-
-
-def error_of(fn: Callable[[], object]) -> VaultError:
-    with pytest.raises(VaultError) as info:
-        fn()
-    return info.value
 
 
 # ---------------------------------------------------------------------------- token auth
