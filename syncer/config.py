@@ -70,6 +70,12 @@ class VaultAuthSettings:
         """The auth mount actually used."""
         return self.mount or self.method
 
+    def secret_files(self) -> tuple[tuple[str, str], ...]:
+        """``(key, path)`` of each file holding a secret this method reads at login."""
+        keys = {"token": ("token_file",), "approle": ("secret_id_file",),
+                "kubernetes": ("jwt_file",), "jwt": ("jwt_file",), "cert": ("client_key",)}
+        return tuple((k, getattr(self, k)) for k in keys.get(self.method, ()) if getattr(self, k))
+
 
 @dataclass(frozen=True)
 class VaultSettings:

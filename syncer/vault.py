@@ -225,6 +225,15 @@ class VaultSource:
     def _credential(self, registry: RegistrySettings, data: Mapping[str, Any]) -> Credential:
         where = self._display(registry.path)
         username = registry.username or _field(data, registry.username_key, where)
+        if ":" in username:
+            # docker and kubelet split ``auth`` at the first ':': the part after it would be
+            # taken for the password (issue 16, item 5). Checked here, so it holds with the
+            # probe off too. The value itself is never shown.
+            raise VaultError(
+                VaultErrorKind.INVALID, where,
+                f"the username for registry {registry.host} (Vault secret {where}, key "
+                f"{registry.username_key!r}) contains ':', which a docker config cannot carry",
+            )
         password = _field(data, registry.password_key, where)
         return Credential(username=username, password=password)
 
