@@ -98,6 +98,54 @@ def test_token_from_vault_token_env_fallback(bao, bao_paths, sources):
     assert src.logins == 1
 
 
+def test_vault_token_alone_selects_token_auth(bao, bao_paths, sources):
+    """No [vault.auth] table + VAULT_TOKEN: token auth, as the vault CLI does (issue 11.6)."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "p"})
+    token = bao.create_token([bao.read_policy([path])])
+    data = {"registries": [{"host": "r.example.com", "path": path}],
+            "targets": [{"namespace": "ns", "name": "pull"}]}
+    settings = config.from_mapping(data, env={"VAULT_ADDR": bao.address, "VAULT_TOKEN": token})
+    assert settings.vault.auth.method == "token"
+    assert sources(settings.vault).read(settings.registries[0]).credential.password == "p"
+
+
+def test_an_auth_table_wins_over_vault_token():
+    """Explicit config > VAULT_TOKEN: a [vault.auth] table without ``method`` keeps the default."""
+    data = {"vault": {"auth": {"role": "syncer"}},
+            "registries": [{"host": "r.example.com", "path": "x"}],
+            "targets": [{"namespace": "ns", "name": "pull"}]}
+    settings = config.from_mapping(data, env={"VAULT_ADDR": "https://v.example.com",
+                                              "VAULT_TOKEN": "s.env"})
+    assert settings.vault.auth.method == "kubernetes"
+    with pytest.raises(config.ConfigError) as info:
+        config.from_mapping({k: v for k, v in data.items() if k != "vault"},
+                            env={"VAULT_ADDR": "https://v.example.com"})
+    assert "vault.auth.role: is required when method = 'kubernetes'" in str(info.value)
+
+
+@pytest.mark.parametrize(("auth", "problem"), [
+    ({"method": "jwt"}, "vault.auth.role: is required when method = 'jwt'"),
+    ({"method": "cert", "client_key": "/k"}, "vault.auth.client_cert: is required when method = 'cert'"),
+    ({"method": "cert", "client_cert": "/c", "client_key": "/k"}, "vault.address: must be https://"),
+])
+def test_jwt_and_cert_config_errors(auth, problem):
+    data = {"vault": {"address": "http://v.example.com:8200", "auth": auth},
+            "registries": [{"host": "r.example.com", "path": "x"}],
+            "targets": [{"namespace": "ns", "name": "pull"}]}
+    with pytest.raises(config.ConfigError) as info:
+        config.from_mapping(data, env={})
+    assert problem in str(info.value)
+
+
+def test_jwt_defaults_to_the_projected_vault_token():
+    data = {"vault": {"address": "https://v", "auth": {"method": "jwt", "role": "syncer"}},
+            "registries": [{"host": "r.example.com", "path": "x"}],
+            "targets": [{"namespace": "ns", "name": "pull"}]}
+    auth = config.from_mapping(data, env={}).vault.auth
+    assert (auth.mount_path, auth.jwt_file) == ("jwt", config.DEFAULT_AUDIENCE_JWT_FILE)
+
+
 def test_token_file_rotation_is_picked_up(bao, bao_paths, tmp_path, sources):
     path = bao_paths.kv()
     bao.kv_put(path, {"username": "u", "password": "p"})
