@@ -15,8 +15,8 @@ from syncer.config import VaultAuthSettings
 from syncer.secretfiles import MAX_SECRET_FILE_BYTES
 from syncer.vault import VaultError, VaultErrorKind
 from tests.support.operator import NS, run_cmd
-from tests.support.world import World, sentinel
 from tests.support.vault_fixtures import error_of, reg, vsettings
+from tests.support.world import World, sentinel
 
 pytest_plugins = ["tests.support.operator_fixtures"]  # the world fixture
 
