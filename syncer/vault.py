@@ -14,7 +14,6 @@ lock, KV reads run in parallel.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,7 +33,6 @@ __all__ = [
     "VaultErrorKind", "VaultSource", "make_client",
 ]
 
-log = logging.getLogger(__name__)
 
 
 def make_client(settings: VaultSettings) -> hvac.Client:

@@ -15,10 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from syncer.config import VaultAuthSettings
 from syncer.vault import VaultErrorKind, VaultSource
+from tests.support.operator import NS, run_cmd
 from tests.support.vault import BaoServer
 from tests.support.vault_fixtures import BaoPaths, FakeClock, error_of, reg, vsettings
 
 _PASSWORD = "PASSWORD-SENTINEL-jwtcert-51"
+
+pytest_plugins = ["tests.support.operator_fixtures"]  # the world fixture
 
 
 def _life_cycle(bao: BaoServer, src: VaultSource, clock: FakeClock, path: str) -> None:
@@ -174,3 +177,19 @@ def test_cert_without_role_tries_every_matching_role(bao_tls, cert_mount, client
     auth = VaultAuthSettings(method="cert", mount=mount, client_cert=cert, client_key=key)
     src = sources(vsettings(bao_tls.tls_address, auth, ca_cert=ca_file))
     assert src.read(reg(path)).credential.password == _PASSWORD
+
+
+def test_check_names_the_jwt_method_and_role(world, jwt_mount, signing_key, tmp_path):
+    """`syncer check` says which method and role it logged in with."""
+    mount, path = jwt_mount
+    token_file = tmp_path / "jwt"
+    token_file.write_text(_sign(signing_key, "vault"))
+    token_file.chmod(0o644)
+    world.secrets.add(token_file.read_text())
+    cfg = world.config([{"host": "r.example.com", "path": "unused"}],
+                       [{"namespace": NS, "name": "pull", "create": True}],
+                       auth={"method": "jwt", "mount": mount, "role": "syncer",
+                             "jwt_file": str(token_file)}, probe={"enabled": False})
+    out = run_cmd(world, "check", cfg).out
+    assert f"(auth: jwt at auth/{mount}, role syncer)" in out
+    assert "WARN  vault.auth.jwt_file" in out
