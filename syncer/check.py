@@ -23,6 +23,7 @@ from syncer.credential import Credential
 from syncer.filetarget import FileStore
 from syncer.kube import TRANSPORT_ERRORS, Api, FanOut, KubeError, SecretStore, translate
 from syncer.probe import Outcome, Prober
+from syncer.secretfiles import readable_by_others
 from syncer.sync import document
 from syncer.vault import VaultError, VaultErrorKind, VaultSource
 
@@ -138,9 +139,24 @@ class Preflight:
 
     # ------------------------------------------------------------------ vault
 
+    def _vault_files(self) -> None:
+        """Warn (never fail) about credential files that group or others can read."""
+        for key, path in self.settings.vault.auth.secret_files():
+            try:
+                loose = readable_by_others(path)
+            except OSError:
+                continue  # the login below reports a missing file
+            if loose:
+                self.report.add(f"vault.auth.{key}", Status.WARN,
+                                f"{path} is readable by group or others",
+                                f"chmod 600 {path} (or defaultMode: 0400 on the volume)")
+
     def _vault(self) -> dict[str, Credential]:
         add, s = self.report.add, self.settings
-        where = f"{s.vault.address} (auth: {s.vault.auth.method} at auth/{s.vault.auth.mount_path})"
+        auth = s.vault.auth
+        role = f", role {auth.role}" if auth.role and auth.method != "approle" else ""
+        where = f"{s.vault.shown_address} (auth: {auth.method} at auth/{auth.mount_path}{role})"
+        self._vault_files()
         try:
             self.source.ensure_login()
         except VaultError as exc:
@@ -148,10 +164,10 @@ class Preflight:
                 add("vault.reachable", Status.FAIL, str(exc),
                     "check vault.address, vault.ca_cert and the network; unseal Vault if sealed")
             else:
-                add("vault.reachable", Status.OK, s.vault.address)
+                add("vault.reachable", Status.OK, s.vault.shown_address)
                 add("vault.login", Status.FAIL, str(exc), _login_hint(s.vault.auth.method))
             return {}
-        add("vault.reachable", Status.OK, s.vault.address)
+        add("vault.reachable", Status.OK, s.vault.shown_address)
         add("vault.login", Status.OK, f"logged in to {where}")
         paths = [self.source.api_path(r.path) for r in s.registries]
         try:
@@ -356,4 +372,8 @@ def _login_hint(method: str) -> str:
         "approle": "check vault.auth.role_id and the secret ID file; the secret ID may be expired",
         "kubernetes": "check vault.auth.role and that the role is bound to this ServiceAccount "
                       "and namespace (bound_service_account_names/namespaces)",
+        "jwt": "check vault.auth.role, that the role's bound_audiences match the token's audience "
+               "and that Vault trusts its issuer (jwt_validation_pubkeys or jwks_url)",
+        "cert": "check that Vault's cert auth trusts the CA of vault.auth.client_cert, that the "
+                "certificate has a CN and is not expired, and that vault.address is https",
     }.get(method, "check vault.auth")

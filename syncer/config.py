@@ -24,7 +24,9 @@ from syncer.hosts import normalize_key
 from syncer.proxies import proxy_problem
 
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-AUTH_METHODS = ("token", "approle", "kubernetes")
+DEFAULT_AUDIENCE_JWT_FILE = "/var/run/secrets/vault/token"
+"""jwt method: where deploy/ projects a ServiceAccount token with audience ``vault``."""
+AUTH_METHODS = ("token", "approle", "kubernetes", "jwt", "cert")
 DRIFT_MODES = ("repair", "report")
 
 
@@ -41,7 +43,8 @@ class VaultAuthSettings:
     """How the syncer logs in to Vault."""
 
     method: str = "kubernetes"
-    """``token``, ``approle`` or ``kubernetes``."""
+    """``token``, ``approle``, ``kubernetes``, ``jwt`` or ``cert``; ``token`` when the
+    config has no ``[vault.auth]`` table and ``VAULT_TOKEN`` is set."""
     mount: str = ""
     """Auth mount path; empty means the method's own name."""
     token_file: str = ""
@@ -53,22 +56,35 @@ class VaultAuthSettings:
     secret_id_file: str = ""
     """approle: file holding the secret ID."""
     role: str = ""
-    """kubernetes: the Vault role bound to the syncer's ServiceAccount."""
+    """kubernetes, jwt: the Vault role bound to the syncer's ServiceAccount; cert: the
+    certificate role to try (empty: every role whose CA matches)."""
     jwt_file: str = DEFAULT_JWT_FILE
-    """kubernetes: the projected ServiceAccount token presented to Vault."""
+    """kubernetes, jwt: the projected ServiceAccount token presented to Vault (re-read at
+    each login; default for jwt: ``DEFAULT_AUDIENCE_JWT_FILE``)."""
+    client_cert: str = ""
+    """cert: PEM file of the TLS client certificate presented at login."""
+    client_key: str = ""
+    """cert: PEM file of its private key."""
 
     @property
     def mount_path(self) -> str:
         """The auth mount actually used."""
         return self.mount or self.method
 
+    def secret_files(self) -> tuple[tuple[str, str], ...]:
+        """``(key, path)`` of each file holding a secret this method reads at login."""
+        keys = {"token": ("token_file",), "approle": ("secret_id_file",),
+                "kubernetes": ("jwt_file",), "jwt": ("jwt_file",), "cert": ("client_key",)}
+        return tuple((k, getattr(self, k)) for k in keys.get(self.method, ()) if getattr(self, k))
+
 
 @dataclass(frozen=True)
 class VaultSettings:
     """Where credentials live."""
 
-    address: str
-    """Vault URL, e.g. ``https://vault.example.com:8200``."""
+    address: str = field(repr=False)
+    """Vault URL, e.g. ``https://vault.example.com:8200``. May carry ``user:pw@`` for a
+    proxy in front of Vault: print ``shown_address`` instead, never this."""
     namespace: str = ""
     """Vault Enterprise / OpenBao namespace; empty for none."""
     ca_cert: str = ""
@@ -81,6 +97,26 @@ class VaultSettings:
     """Seconds per Vault request."""
     auth: VaultAuthSettings = field(default_factory=VaultAuthSettings)
     """Login method and its parameters."""
+
+    @property
+    def shown_address(self) -> str:
+        """``address`` without its userinfo: the only form that is printed."""
+        return without_userinfo(self.address)
+
+    def __repr__(self) -> str:
+        return (f"VaultSettings(address={self.shown_address!r}, namespace={self.namespace!r}, "
+                f"kv_mount={self.kv_mount!r}, auth={self.auth!r})")
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@`` (issue 16, item 5)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 @dataclass(frozen=True)
@@ -422,8 +458,10 @@ class _Section:
 # --------------------------------------------------------------------------- sections
 
 
-def _vault_auth(sec: _Section, env: Mapping[str, str]) -> VaultAuthSettings:
-    method = sec.get_str("method", "kubernetes")
+def _vault_auth(sec: _Section, env: Mapping[str, str], present: bool) -> VaultAuthSettings:
+    # VAULT_TOKEN alone selects token auth, as every Vault client does; any [vault.auth]
+    # table is explicit configuration and wins.
+    method = sec.get_str("method", "token" if env.get("VAULT_TOKEN") and not present else "kubernetes")
     if method not in AUTH_METHODS:
         sec.problem("method", f"must be one of {', '.join(AUTH_METHODS)} (got {method!r})")
     auth = VaultAuthSettings(
@@ -434,11 +472,16 @@ def _vault_auth(sec: _Section, env: Mapping[str, str]) -> VaultAuthSettings:
         role_id=sec.get_str("role_id"),
         secret_id_file=sec.get_str("secret_id_file"),
         role=sec.get_str("role"),
-        jwt_file=sec.get_str("jwt_file", DEFAULT_JWT_FILE),
+        jwt_file=sec.get_str(
+            "jwt_file", DEFAULT_AUDIENCE_JWT_FILE if method == "jwt" else DEFAULT_JWT_FILE),
+        client_cert=sec.get_str("client_cert"),
+        client_key=sec.get_str("client_key"),
     )
     required: dict[str, tuple[str, ...]] = {
         "approle": ("role_id", "secret_id_file"),
         "kubernetes": ("role", "jwt_file"),
+        "jwt": ("role", "jwt_file"),
+        "cert": ("client_cert", "client_key"),
     }
     for key in required.get(method, ()):
         if not getattr(auth, key):
@@ -458,7 +501,7 @@ def _vault(sec: _Section, env: Mapping[str, str]) -> VaultSettings:
     address = sec.get_str("address") or env.get("VAULT_ADDR", "")
     if not address:
         sec.problem("address", "is required (or set VAULT_ADDR)")
-    _url(sec, "address", address)
+    _url(sec, "address", without_userinfo(address))
     settings = VaultSettings(
         address=address.rstrip("/"),
         namespace=sec.get_str("namespace") or env.get("VAULT_NAMESPACE", ""),
@@ -466,10 +509,13 @@ def _vault(sec: _Section, env: Mapping[str, str]) -> VaultSettings:
         kv_mount=sec.get_str("kv_mount", "secret").strip("/"),
         kv_version=sec.get_int("kv_version", 2, 1, 2),
         timeout=sec.get_duration("timeout", 10.0),
-        auth=_vault_auth(sec.table("auth"), env),
+        auth=_vault_auth(sec.table("auth"), env, present="auth" in sec.data),
     )
     if not settings.kv_mount:
         sec.problem("kv_mount", "must not be empty")
+    if settings.auth.method == "cert" and not address.startswith("https://"):
+        sec.problem("address", "must be https:// when auth.method = 'cert' (the certificate "
+                    "is presented in the TLS handshake)")
     sec.finish()
     return settings
 

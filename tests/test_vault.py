@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from syncer import config
-from syncer.config import RegistrySettings, VaultAuthSettings, VaultSettings
+from syncer.config import VaultAuthSettings
 from syncer.vault import (
     FORBIDDEN_RELOGIN_INTERVAL,
     VaultError,
@@ -29,42 +29,7 @@ from syncer.vault import (
 )
 from tests.support.net import free_port
 from tests.support.vault import BaoServer
-from tests.support.vault_fixtures import BaoPaths
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def reg(path: str, **kw: Any) -> RegistrySettings:
-    return RegistrySettings(host="registry.example.com", path=path, **kw)
-
-
-def vsettings(address: str, auth: VaultAuthSettings, **kw: Any) -> VaultSettings:
-    kw.setdefault("timeout", 5.0)
-    return VaultSettings(address=address, auth=auth, **kw)
-
-
-@pytest.fixture
-def sources() -> Iterator[Callable[..., VaultSource]]:
-    """Build VaultSources with real clients; close them all at the end."""
-    made: list[VaultSource] = []
-
-    def build(settings: VaultSettings, **kw: Any) -> VaultSource:
-        src = VaultSource(make_client(settings), settings, **kw)
-        made.append(src)
-        return src
-
-    yield build
-    for src in made:
-        src.close()
+from tests.support.vault_fixtures import BaoPaths, FakeClock, error_of, reg, vsettings
 
 
 def token_auth(token: str = "", token_file: str = "") -> VaultAuthSettings:
@@ -91,12 +56,6 @@ def approle(bao: BaoServer, bao_paths: BaoPaths, tmp_path: Path) -> Callable[...
         )
 
     return make
-
-
-def error_of(fn: Callable[[], object]) -> VaultError:
-    with pytest.raises(VaultError) as info:
-        fn()
-    return info.value
 
 
 # ---------------------------------------------------------------------------- token auth
@@ -137,6 +96,54 @@ def test_token_from_vault_token_env_fallback(bao, bao_paths, sources):
 
     assert src.read(settings.registries[0]).credential.password == "p"
     assert src.logins == 1
+
+
+def test_vault_token_alone_selects_token_auth(bao, bao_paths, sources):
+    """No [vault.auth] table + VAULT_TOKEN: token auth, as the vault CLI does (issue 11.6)."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "p"})
+    token = bao.create_token([bao.read_policy([path])])
+    data = {"registries": [{"host": "r.example.com", "path": path}],
+            "targets": [{"namespace": "ns", "name": "pull"}]}
+    settings = config.from_mapping(data, env={"VAULT_ADDR": bao.address, "VAULT_TOKEN": token})
+    assert settings.vault.auth.method == "token"
+    assert sources(settings.vault).read(settings.registries[0]).credential.password == "p"
+
+
+def test_an_auth_table_wins_over_vault_token():
+    """Explicit config > VAULT_TOKEN: a [vault.auth] table without ``method`` keeps the default."""
+    data = {"vault": {"auth": {"role": "syncer"}},
+            "registries": [{"host": "r.example.com", "path": "x"}],
+            "targets": [{"namespace": "ns", "name": "pull"}]}
+    settings = config.from_mapping(data, env={"VAULT_ADDR": "https://v.example.com",
+                                              "VAULT_TOKEN": "s.env"})
+    assert settings.vault.auth.method == "kubernetes"
+    with pytest.raises(config.ConfigError) as info:
+        config.from_mapping({k: v for k, v in data.items() if k != "vault"},
+                            env={"VAULT_ADDR": "https://v.example.com"})
+    assert "vault.auth.role: is required when method = 'kubernetes'" in str(info.value)
+
+
+@pytest.mark.parametrize(("auth", "problem"), [
+    ({"method": "jwt"}, "vault.auth.role: is required when method = 'jwt'"),
+    ({"method": "cert", "client_key": "/k"}, "vault.auth.client_cert: is required when method = 'cert'"),
+    ({"method": "cert", "client_cert": "/c", "client_key": "/k"}, "vault.address: must be https://"),
+])
+def test_jwt_and_cert_config_errors(auth, problem):
+    data = {"vault": {"address": "http://v.example.com:8200", "auth": auth},
+            "registries": [{"host": "r.example.com", "path": "x"}],
+            "targets": [{"namespace": "ns", "name": "pull"}]}
+    with pytest.raises(config.ConfigError) as info:
+        config.from_mapping(data, env={})
+    assert problem in str(info.value)
+
+
+def test_jwt_defaults_to_the_projected_vault_token():
+    data = {"vault": {"address": "https://v", "auth": {"method": "jwt", "role": "syncer"}},
+            "registries": [{"host": "r.example.com", "path": "x"}],
+            "targets": [{"namespace": "ns", "name": "pull"}]}
+    auth = config.from_mapping(data, env={}).vault.auth
+    assert (auth.mount_path, auth.jwt_file) == ("jwt", config.DEFAULT_AUDIENCE_JWT_FILE)
 
 
 def test_token_file_rotation_is_picked_up(bao, bao_paths, tmp_path, sources):
@@ -855,3 +862,75 @@ def test_no_login_after_close(bao, bao_paths, approle, sources):
         src.read(reg(path))
     assert src.logins == 1
     assert bao.token_accessors() - before == set()
+
+
+# ---------------------------------------------------------------------------- idle connections
+
+
+@pytest.fixture
+def idle_proxy(bao: BaoServer) -> Iterator[Any]:
+    """A proxy in front of OpenBao that drops the first request on a connection idle > 0.2 s
+    (Vault's http_idle_timeout, shortened) and closes it."""
+    from tests.support.proxy import FaultProxy
+
+    proxy = FaultProxy("127.0.0.1", bao.port).start()
+    proxy.swallow_idle = 0.2
+    yield proxy
+    proxy.stop()
+
+
+def test_reads_survive_vault_closing_idle_connections(bao, bao_paths, approle, sources,
+                                                      idle_proxy):
+    """Issue 11.3: ten cycles spaced past the idle timeout: every read succeeds, one login."""
+    paths = [bao_paths.kv("a"), bao_paths.kv("b")]
+    for p in paths:
+        bao.kv_put(p, {"username": "u", "password": "p-" + p})
+    src = sources(vsettings(idle_proxy.url, approle(paths)))
+    failed = 0
+    for _ in range(10):
+        for p in paths:
+            try:
+                assert src.read(reg(p)).credential.password == "p-" + p
+            except VaultError:
+                failed += 1
+        time.sleep(0.3)
+    assert failed == 0
+    assert src.logins == 1
+    assert idle_proxy.swallowed >= 9, "the proxy never dropped a request: the test proves nothing"
+
+
+def test_token_lookup_is_retried_after_an_idle_close(bao, bao_paths, tmp_path, sources,
+                                                     idle_proxy):
+    """A rotated token file after an idle spell: lookup-self meets the dead connection, is
+    retried once, and the new token is adopted."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "p"})
+    policy = bao.read_policy([path])
+    tf = tmp_path / "token"
+    tf.write_text(bao.create_token([policy]))
+    src = sources(vsettings(idle_proxy.url, token_auth(token_file=str(tf))))
+    src.read(reg(path))
+    tf.write_text(bao.create_token([policy]))
+    time.sleep(0.3)
+    src.ensure_login()
+    assert (src.logins, idle_proxy.swallowed) == (2, 1)
+
+
+def test_login_is_never_retried_on_a_dead_connection(bao, bao_paths, approle, sources,
+                                                     idle_proxy):
+    """A login that met a closed connection may have reached Vault: it fails for this cycle
+    (unreachable) instead of being sent again, and the next cycle logs in."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "p"})
+    clock = FakeClock()
+    src = sources(vsettings(idle_proxy.url, approle([path], token_ttl="1h")), clock=clock)
+    src.read(reg(path))
+    connections = idle_proxy.connections
+    time.sleep(0.3)
+    clock.advance(3600)  # the token expired: the next request is a login
+    err = error_of(src.ensure_login)
+    assert err.kind is VaultErrorKind.UNREACHABLE
+    assert idle_proxy.swallowed == 1
+    assert idle_proxy.connections == connections, "the login was sent again"
+    src.ensure_login()
+    assert src.logins == 2

@@ -33,6 +33,12 @@ class FaultProxy:
         self.chooser: Callable[[], str] | None = None
         self.faults = 0
         """Connections that got a mode other than "pass"."""
+        self.swallow_idle = 0.0
+        """When > 0: a request arriving on a forwarded connection that moved no data for this
+        many seconds is read, never forwarded, and the connection closed. That is Vault's
+        ``http_idle_timeout`` closing a keep-alive connection just as the client reuses it."""
+        self.swallowed = 0
+        """Requests dropped by ``swallow_idle``."""
         self._stop = threading.Event()
         self._sock = socket.create_server(("127.0.0.1", self.port))
         self._sock.settimeout(0.2)
@@ -131,6 +137,11 @@ class FaultProxy:
         for src, dst in ((client, upstream), (upstream, client)):
             threading.Thread(target=self._pump, args=(src, dst, client), daemon=True).start()
 
+    def _idle_too_long(self, client: socket.socket) -> bool:
+        last = self._active.get(client)
+        return bool(self.swallow_idle) and last is not None and (
+            time.monotonic() - last > self.swallow_idle)
+
     def _cut(self, client: socket.socket, upstream: socket.socket) -> None:
         """Forward the client's first send (a request, or a TLS ClientHello), relay ``cut_after``
         bytes of the answer, then RST. One thread owns the socket, so the RST really goes out."""
@@ -179,6 +190,9 @@ class FaultProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, client: socket.socket) -> None:
         with suppress(OSError):
             while data := src.recv(65536):
+                if src is client and self._idle_too_long(client):
+                    self.swallowed += 1
+                    break
                 if client in self._active:
                     self._active[client] = time.monotonic()
                 dst.sendall(data)

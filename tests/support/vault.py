@@ -40,10 +40,14 @@ def bao_binary() -> str:
 class BaoServer:
     """One ``bao server -dev`` process on a free 127.0.0.1 port."""
 
-    def __init__(self, log_dir: str | Path | None = None, start_timeout: float = 20.0) -> None:
+    def __init__(self, log_dir: str | Path | None = None, start_timeout: float = 20.0,
+                 tls_ca: Any = None) -> None:
+        """``tls_ca`` (a ``trustme.CA``) adds a second, TLS listener at ``tls_address``: the
+        one ``cert`` auth needs (Vault reads the client certificate from the handshake)."""
         self.port = free_port()
         self._dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="bao-"))
         self.log_path = self._dir / f"bao-{self.port}.log"
+        extra = self._tls_config(tls_ca) if tls_ca is not None else []
         self._log = self.log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         env["HOME"] = str(self._dir)  # no ~/.vault-token side effects
@@ -53,6 +57,7 @@ class BaoServer:
                 f"-dev-root-token-id={ROOT_TOKEN}",
                 f"-dev-listen-address=127.0.0.1:{self.port}",
                 "-dev-no-store-token",
+                *extra,
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -67,6 +72,27 @@ class BaoServer:
         self.unseal_key = self._parse_unseal_key()
 
     # ------------------------------------------------------------------ process
+
+    def _tls_config(self, ca: Any) -> list[str]:
+        self.tls_port = free_port()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        cert_file, key_file = self._dir / "bao-tls.pem", self._dir / "bao-tls.key"
+        cert.cert_chain_pems[0].write_to_path(str(cert_file))
+        cert.private_key_pem.write_to_path(str(key_file))
+        hcl = self._dir / f"bao-tls-{self.tls_port}.hcl"
+        hcl.write_text(
+            'listener "tcp" {\n'
+            f'  address = "127.0.0.1:{self.tls_port}"\n'
+            f'  cluster_address = "127.0.0.1:{free_port()}"\n'
+            f'  tls_cert_file = "{cert_file}"\n'
+            f'  tls_key_file = "{key_file}"\n'
+            "}\n"
+        )
+        return [f"-config={hcl}"]
+
+    @property
+    def tls_address(self) -> str:
+        return f"https://127.0.0.1:{self.tls_port}"
 
     @property
     def address(self) -> str:
@@ -253,6 +279,26 @@ class BaoServer:
         if audience:
             role_data["audience"] = audience
         c.write_data(f"auth/{mount}/role/{role}", data=role_data)
+
+    def enable_jwt_auth(self, mount: str, public_key_pem: str, role: str, audience: str,
+                        policies: list[str], token_ttl: str = "1h") -> None:
+        """Mount JWT auth that validates tokens with ``public_key_pem`` (no OIDC discovery)."""
+        c = self.client()
+        c.sys.enable_auth_method("jwt", path=mount)
+        c.write_data(f"auth/{mount}/config", data={"jwt_validation_pubkeys": [public_key_pem]})
+        c.write_data(f"auth/{mount}/role/{role}", data={
+            "role_type": "jwt", "bound_audiences": [audience], "user_claim": "sub",
+            "token_policies": policies, "token_ttl": token_ttl,
+        })
+
+    def enable_cert_auth(self, mount: str, client_ca_pem: str, role: str, policies: list[str],
+                         token_ttl: str = "1h") -> None:
+        """Mount TLS certificate auth trusting client certificates issued by ``client_ca_pem``."""
+        c = self.client()
+        c.sys.enable_auth_method("cert", path=mount)
+        c.write_data(f"auth/{mount}/certs/{role}", data={
+            "certificate": client_ca_pem, "token_policies": policies, "token_ttl": token_ttl,
+        })
 
     # ------------------------------------------------------------------ namespaces and seal
 

@@ -68,6 +68,7 @@ class World:
     def __post_init__(self) -> None:
         self.token_file = self.tmp / "vault-token"
         self.token_file.write_text(self.bao.root_token)
+        self.token_file.chmod(0o600)  # as an operator keeps it: `syncer check` warns otherwise
         self.kubeconfig = self.kube.write_kubeconfig(str(self.tmp / "kubeconfig"), SYNCER_TOKEN)
         self.kube.add_token(SYNCER_TOKEN, user="system:serviceaccount:syncer:syncer")
         self.secrets.add(self.bao.root_token)
