@@ -52,14 +52,17 @@ def readable_by_others(path: str) -> bool:
     return bool(os.stat(path).st_mode & 0o077)
 
 
-def load_ca(ca_cert: str, key: str) -> None:
-    """Check that ``ca_cert`` (a PEM file, or an OpenSSL hashed directory) loads.
+def load_ca(ca_cert: str, key: str, context: ssl.SSLContext | None = None) -> ssl.SSLContext:
+    """Load ``ca_cert`` (a PEM file, or an OpenSSL hashed directory) into ``context`` (a new
+    default context when None) and return it. The one CA loader for Vault and the probe.
 
     Raises ``ValueError`` naming the config ``key``, so a bad path fails at start-up rather
     than with an OSError on the first request.
     """
+    context = context or ssl.create_default_context()
     where = {"capath": ca_cert} if os.path.isdir(ca_cert) else {"cafile": ca_cert}
     try:
-        ssl.create_default_context().load_verify_locations(**where)
+        context.load_verify_locations(**where)
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"{key} {ca_cert!r} cannot be loaded as PEM ({exc})") from None
+    return context

@@ -38,6 +38,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from syncer.config import ProbeSettings
 from syncer.proxies import ProxyChoice, ProxyEnv, choose_proxy
+from syncer.secretfiles import load_ca
 
 log = logging.getLogger(__name__)
 
@@ -234,10 +235,7 @@ def _ssl_context(ca_cert: str) -> ssl.SSLContext:
     context = ssl.create_default_context()  # the system store (OpenSSL default paths)
     context.load_verify_locations(cafile=certifi.where())  # requests' usual bundle, too
     if ca_cert:
-        try:
-            context.load_verify_locations(cafile=ca_cert)
-        except (OSError, ssl.SSLError) as exc:
-            raise ValueError(f"probe.ca_cert {ca_cert!r} cannot be loaded as PEM ({exc})") from None
+        load_ca(ca_cert, "probe.ca_cert", context)
     return context
 
 
