@@ -184,7 +184,7 @@ def main() -> int:
         end = {**proc_stats(proc.pid), "tokens": bao.count_tokens()} if not crashed else {}
         ok, bad = runs(port)
         logins = metric_value(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text,
-                              "syncer_vault_logins") if not crashed else None
+                              "syncer_vault_logins_total") if not crashed else None
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=15)
         stop_dropper.set()

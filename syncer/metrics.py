@@ -7,19 +7,30 @@ namespaces, names and reason labels: never secret material.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from syncer import __version__
-from syncer.config import Settings
+from syncer.config import Settings, TargetSettings
 from syncer.probe import REASONS
-from syncer.sync import RegistryOutcome, RegistryReport, Summary, TargetOutcome
+from syncer.sync import RegistryOutcome, RegistryReport, Summary, TargetOutcome, TargetReport
 
 PROBE_REASONS = tuple(r for r in REASONS if r) + ("http_4xx", "http_5xx")
 """Pre-created ``reason`` label values of syncer_registry_probe_failures_total."""
 STAGES = ("vault", "kubernetes", "probe", "sync")
+TARGET_LABELS = ("secret_namespace", "secret_name")
+"""Labels of the per-secret series (a file target: empty namespace, the path as name)."""
 
 
 def probe_reason_label(reason: str) -> str:
@@ -41,7 +52,9 @@ class Metrics:
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(name, doc, labels, registry=registry)
 
-        reg, target = ("registry",), ("namespace", "name")
+        # Not ``namespace``/``name``: Prometheus attaches the scrape target's own ``namespace``
+        # (the syncer pod's) to every series and renames ours to ``exported_namespace``.
+        reg, target = ("registry",), TARGET_LABELS
         self.runs = counter("syncer_sync_runs", "Sync cycles by result.", ("result",))
         self.duration = Histogram("syncer_sync_duration_seconds", "Duration of sync cycles.",
                                   buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
@@ -71,13 +84,19 @@ class Metrics:
         self.errors = counter("syncer_errors", "Errors by stage.", ("stage",))
         self.token_ttl = gauge("syncer_vault_token_ttl_seconds",
                                "Remaining TTL of the Vault token (-1 if unknown).")
-        self.vault_logins = gauge("syncer_vault_logins", "Vault logins made by this process.")
+        self.vault_logins = counter("syncer_vault_logins", "Vault logins made by this process.")
+        self._logins_seen = 0
         self.build_info = gauge("syncer_build_info", "Build information.", ("version",))
         self.leader = gauge("syncer_leader", "1 on the replica that holds the lease.")
         self.drift = counter("syncer_drift_corrections",
                              "Managed entries found edited by hand while Vault was unchanged "
                              "(repaired, or only reported when drift = report).",
-                             ("namespace", "name", "registry"))
+                             (*TARGET_LABELS, "registry"))
+        self._fanout: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        """Label sets of each fan-out target's secrets seen last cycle (stale ones are removed)."""
+        self._hosts = {(t.name, str(t.namespace_selector)): settings.hosts_for(t)
+                       for t in settings.targets if t.namespace_selector}
+        _process_collectors(registry)
         self._init_series(settings)
 
     def _init_series(self, settings: Settings) -> None:
@@ -112,20 +131,42 @@ class Metrics:
             self.last_success.set(now)
         for reg in summary.registries:
             self._observe_registry(reg)
+        seen: dict[tuple[str, str], set[tuple[str, str]]] = {key: set() for key in self._hosts}
         for target in summary.targets:
+            key = _fanout_key(target.target)
             if target.target.namespace_selector and not target.target.namespace:
                 self.errors.labels("kubernetes").inc()  # the namespace LIST failed
+                seen.pop(key, None)  # the namespaces are unknown: keep last cycle's series
                 continue
             labels = (target.target.namespace, target.target.name or target.target.file)
-            self.writes.labels(*labels).inc(target.writes)
-            for host in [] if summary.dry_run else target.drift:
-                self.drift.labels(*labels, host).inc()
-            self.conflicts.labels(*labels).inc(target.conflicts)
-            ok = target.outcome in (TargetOutcome.UNCHANGED, TargetOutcome.UPDATED,
-                                    TargetOutcome.CREATED) and not target.held_back
-            self.secret_success.labels(*labels).set(1 if ok else 0)
-            if target.failed:
-                self.errors.labels("kubernetes").inc()
+            if key in seen:
+                seen[key].add(labels)
+            self._observe_target(target, labels, summary.dry_run)
+        self._forget_stale(seen)
+
+    def _observe_target(self, target: TargetReport, labels: tuple[str, str], dry_run: bool) -> None:
+        self.writes.labels(*labels).inc(target.writes)
+        for host in [] if dry_run else target.drift:
+            self.drift.labels(*labels, host).inc()
+        self.conflicts.labels(*labels).inc(target.conflicts)
+        ok = target.outcome in (TargetOutcome.UNCHANGED, TargetOutcome.UPDATED,
+                                TargetOutcome.CREATED) and not target.held_back
+        self.secret_success.labels(*labels).set(1 if ok else 0)
+        if target.failed:
+            self.errors.labels("kubernetes").inc()
+
+    def _forget_stale(self, seen: dict[tuple[str, str], set[tuple[str, str]]]) -> None:
+        """Remove the series of fan-out secrets whose namespace no longer matches the selector
+        (or is gone), so that a stale 0 in ``syncer_secret_sync_success`` never alerts forever."""
+        for key, current in seen.items():
+            for labels in self._fanout.get(key, set()) - current:
+                for metric in (self.writes, self.conflicts, self.secret_success):
+                    with contextlib.suppress(KeyError):
+                        metric.remove(*labels)
+                for host in self._hosts[key]:
+                    with contextlib.suppress(KeyError):
+                        self.drift.remove(*labels, host)
+            self._fanout[key] = current
 
     def _observe_registry(self, reg: RegistryReport) -> None:
         host = reg.host
@@ -152,6 +193,24 @@ class Metrics:
         self.last_run.set(self.clock())
         self.errors.labels("sync").inc()
 
+    def set_vault_logins(self, total: int) -> None:
+        """Advance ``syncer_vault_logins_total`` to the Vault source's running login count."""
+        if total > self._logins_seen:
+            self.vault_logins.inc(total - self._logins_seen)
+            self._logins_seen = total
+
     def set_token_ttl(self, ttl: float | None) -> None:
         """Remaining Vault token TTL, -1 when unknown."""
         self.token_ttl.set(-1 if ttl is None else ttl)
+
+
+def _fanout_key(target: TargetSettings) -> tuple[str, str]:
+    return (target.name, str(target.namespace_selector))
+
+
+def _process_collectors(registry: CollectorRegistry) -> None:
+    """process_resident_memory_bytes, process_open_fds, python_info, python_gc_*: what the soak
+    measures by hand, on the dashboards too. (The default registry has them; ours is our own.)"""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)

@@ -172,7 +172,7 @@ class Daemon:
             self.runs += 1
             self.metrics.observe(summary)
             self.metrics.set_token_ttl(self.syncer.vault.token_ttl())
-            self.metrics.vault_logins.set(self.syncer.vault.logins)
+            self.metrics.set_vault_logins(self.syncer.vault.logins)
             self.publish(summary)
             self.health.run_finished(summary.ok)
             self._after(summary.ok)

@@ -109,10 +109,12 @@ def test_daemon_process_rotates_exports_metrics_and_exits_on_sigterm(
         assert metric_value(text, "syncer_registry_probe_success", registry=host) == 1
         assert metric_value(text, "syncer_credential_version", registry=host) == 2
         assert metric_value(text, "syncer_credential_rotations_total", registry=host) == 2
-        assert metric_value(text, "syncer_secret_writes_total", namespace=NS, name=NAME) == 2
-        assert metric_value(text, "syncer_secret_sync_success", namespace=NS, name=NAME) == 1
-        assert metric_value(text, "syncer_secret_sync_success", namespace=NS, name="never-there") == 0
-        assert metric_value(text, "syncer_secret_writes_total", namespace=NS, name="never-there") == 0
+        assert metric_value(text, "syncer_secret_writes_total", secret_namespace=NS, secret_name=NAME) == 2
+        assert metric_value(text, "syncer_secret_sync_success", secret_namespace=NS, secret_name=NAME) == 1
+        assert metric_value(text, "syncer_secret_sync_success", secret_namespace=NS,
+                            secret_name="never-there") == 0
+        assert metric_value(text, "syncer_secret_writes_total", secret_namespace=NS,
+                            secret_name="never-there") == 0
         assert metric_value(text, "syncer_sync_runs_total", result="failure")
         assert metric_value(text, "syncer_registry_probe_failures_total", registry=host,
                             reason="rejected") == 0
@@ -287,7 +289,7 @@ def test_token_renewed_not_relogged_across_short_ttl(world: World, ngc: dict[str
     assert vault.logins == 1
     assert vault.renewals >= 1
     assert daemon.failures == 0
-    assert registry.get_sample_value("syncer_vault_logins") == 1
+    assert registry.get_sample_value("syncer_vault_logins_total") == 1
 
 
 def test_second_signal_exits_at_once(world: World, ngc: dict[str, Any]) -> None:

@@ -36,12 +36,12 @@ def drift_metric(world: World, config: Path, host: str) -> float | None:
     registry = CollectorRegistry()
     metrics = Metrics(registry, app.settings)
     before = metric_value(generate_latest(registry).decode(), "syncer_drift_corrections_total",
-                          namespace=NS, name=NAME, registry=host)
+                          secret_namespace=NS, secret_name=NAME, registry=host)
     assert before == 0.0, "pre-created at 0"
     metrics.observe(app.syncer.run_once())
     app.syncer.vault.close()
     return metric_value(generate_latest(registry).decode(), "syncer_drift_corrections_total",
-                        namespace=NS, name=NAME, registry=host)
+                        secret_namespace=NS, secret_name=NAME, registry=host)
 
 
 def test_hand_edit_is_repaired(world: World, ngc: dict[str, Any]) -> None:

@@ -159,8 +159,8 @@ def test_metrics_series_appear_with_fanout_namespaces(world: World, registry: di
     metrics.observe(app.syncer.run_once())
     text = generate_latest(reg).decode()
     for ns in ("ml-a", "data-a"):
-        assert metric_value(text, "syncer_secret_writes_total", namespace=ns, name=NAME) == 1
-        assert metric_value(text, "syncer_secret_sync_success", namespace=ns, name=NAME) == 1
+        assert metric_value(text, "syncer_secret_writes_total", secret_namespace=ns, secret_name=NAME) == 1
+        assert metric_value(text, "syncer_secret_sync_success", secret_namespace=ns, secret_name=NAME) == 1
 
 
 def test_slow_target_does_not_block_the_others(world: World, registry: dict[str, Any]) -> None:

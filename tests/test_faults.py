@@ -159,7 +159,7 @@ def assert_recovered(h: Harness, world: World, host: str, key: str, name: str = 
     assert password(world, host, name) == key
     doc = world.secret_doc(NS, name)
     assert doc["auths"]["quay.io"] == QUAY and doc["HttpHeaders"] == {"X-Team": "p"}
-    assert h.metric("syncer_secret_sync_success", namespace=NS, name=name) == 1
+    assert h.metric("syncer_secret_sync_success", secret_namespace=NS, secret_name=name) == 1
 
 
 def started(h: Harness, world: World, ngc: dict[str, Any]) -> None:
@@ -405,7 +405,7 @@ def kube_row(world: World, ngc: dict[str, Any], harness: Callable[..., Harness],
     target = summary.targets[0]
     assert (target.outcome.value, target.reason) == ("failed", reason), h.text()
     assert f"ERROR syncer.sync: target {NS}/{NAME}: " in h.logs() and reason in h.logs()
-    assert h.metric("syncer_secret_sync_success", namespace=NS, name=NAME) == 0
+    assert h.metric("syncer_secret_sync_success", secret_namespace=NS, secret_name=NAME) == 0
     assert h.metric("syncer_errors_total", stage="kubernetes") == 1
     after = world.kube.get_secret(NS, NAME)
     if after != before:  # only a write that landed before the client gave up may differ
@@ -510,8 +510,8 @@ def test_kube_403_on_one_target(world: World, ngc: dict[str, Any], harness: Any)
     outcomes = {t.target.name: (t.outcome.value, t.reason) for t in summary.targets}
     assert outcomes == {NAME: ("updated", ""), "locked": ("failed", "forbidden")}
     assert f"target {NS}/locked: secret {NS}/locked: forbidden" in h.logs()
-    assert h.metric("syncer_secret_sync_success", namespace=NS, name="locked") == 0
-    assert h.metric("syncer_secret_sync_success", namespace=NS, name=NAME) == 1
+    assert h.metric("syncer_secret_sync_success", secret_namespace=NS, secret_name="locked") == 0
+    assert h.metric("syncer_secret_sync_success", secret_namespace=NS, secret_name=NAME) == 1
     assert_kept(world, before, "locked")
     world.kube.set_rules(SYNCER_TOKEN, None)
     assert_recovered(h, world, ngc["host"], new, "locked")
@@ -524,7 +524,7 @@ def test_kube_404_namespace(world: World, ngc: dict[str, Any], harness: Any) -> 
     target = summary.targets[0]
     assert (target.outcome.value, target.reason) == ("failed", "not_found")
     assert "namespaces \"not-yet\" not found" in target.detail
-    assert h.metric("syncer_secret_sync_success", namespace="not-yet", name=NAME) == 0
+    assert h.metric("syncer_secret_sync_success", secret_namespace="not-yet", secret_name=NAME) == 0
     world.kube.add_namespace("not-yet")
     summary = h.cycle()
     assert summary.exit_code == 0, h.text()
@@ -542,7 +542,7 @@ def test_kube_409_on_every_attempt_is_bounded(world: World, ngc: dict[str, Any],
                  lambda: (world.kube.clear_faults(), world.kube.reset_requests()),
                  "conflict", sync={"conflict_retries": 2})
     assert world.kube.count(verb="patch", resource="secrets") == 1, "recovery: one write"
-    assert h.metric("syncer_secret_conflicts_total", namespace=NS, name=NAME) == 3
+    assert h.metric("syncer_secret_conflicts_total", secret_namespace=NS, secret_name=NAME) == 3
 
 
 def test_kube_409_attempts_counted_exactly(world: World, ngc: dict[str, Any], harness: Any) -> None:
