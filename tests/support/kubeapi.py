@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tests.support.kubeapi_auth import Authenticator, Identity, Reviews
 from tests.support.kubeapi_crud import ResourceVerbs
 from tests.support.kubeapi_http import KubeHTTPServer, Request, RequestHandler, parse_request, read_body
-from tests.support.kubeapi_rbac import Attributes, forbidden
+from tests.support.kubeapi_rbac import Attributes, forbidden, request_name
 from tests.support.kubeapi_rbac import allowed as rbac_allowed
 from tests.support.kubeapi_resources import JSON, RESOURCES, VIRTUAL
 from tests.support.kubeapi_status import DEFAULT_REASONS, KubeError, bad_request, conflict, status_details
@@ -418,7 +418,8 @@ class KubeAPIServer:
         if rt.plural == "selfsubjectaccessreviews" or rt.plural == "selfsubjectreviews":
             pass  # every authenticated user may ask about themselves (system:basic-user)
         else:
-            attrs = Attributes(req.verb, rt.group, rt.plural, req.subresource, req.namespace, req.name)
+            name = request_name(req.verb, req.name, req.query)  # list/watch: the fieldSelector's name
+            attrs = Attributes(req.verb, rt.group, rt.plural, req.subresource, req.namespace, name)
             if not rbac_allowed(ident.rules, attrs):
                 raise forbidden(ident.user, attrs)
         if (

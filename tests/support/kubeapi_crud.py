@@ -81,52 +81,44 @@ class ResourceVerbs:
         return obj
 
     def list(self, req: Request) -> tuple[int, Any]:
+        """A LIST paged the way the etcd-backed storage pages it: ``limit`` counts the objects
+        read from storage *before* the selectors filter them, so a selected list may answer a
+        short or empty page that still carries a ``continue`` token. Selected lists carry no
+        ``remainingItemCount``; a token older than the compacted revision is 410 Expired."""
         rt = req.rt
         assert rt is not None
-        label_matchers = parse_label_selector(req.query.get("labelSelector", ""))
-        field_matchers = parse_field_selector(rt, req.query.get("fieldSelector", ""))
-        limit = int(req.query.get("limit") or 0) if req.query.get("limit", "").isdigit() else 0
-        start_after: list[str] | None = None
-        if req.query.get("continue"):
-            try:
-                start_after = json.loads(base64.urlsafe_b64decode(req.query["continue"]))["k"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise bad_request("continue key is not valid: illegal base64 data") from exc
+        labels = parse_label_selector(req.query.get("labelSelector", ""))
+        fields = parse_field_selector(rt, req.query.get("fieldSelector", ""))
+        limit = int(req.query["limit"]) if req.query.get("limit", "").isdigit() else 0
         with self.store.lock:
+            start_after, rv = self.store.decode_continue(req.query.get("continue", ""))
             if (
                 rt.namespaced
                 and req.namespace is not None
                 and self.list_missing_namespace_404
-                and (("", req.namespace) not in self.store.kind(NAMESPACES))
+                and not self.store.has_namespace(req.namespace)
             ):
                 raise ns_not_found(req.namespace)
-            items = [
-                (key, obj)
-                for key, obj in sorted(self.store.kind(rt).items())
-                if (not rt.namespaced or req.namespace is None or key[0] == req.namespace)
-                and all(m.matches(obj["metadata"].get("labels") or {}) for m in label_matchers)
-                and all(m.matches(obj) for m in field_matchers)
-            ]
-            rv = str(self.store.rv)
+            items = self.store.sorted_items(rt, req.namespace)
         if start_after is not None:
             items = [(k, o) for k, o in items if list(k) > start_after]
-        meta: JSON = {"resourceVersion": rv}
+        meta: JSON = {"resourceVersion": str(rv)}
         if limit and len(items) > limit:
-            last = items[limit - 1][0]
-            meta["continue"] = base64.urlsafe_b64encode(json.dumps({"k": list(last)}).encode()).decode()
-            meta["remainingItemCount"] = len(items) - limit
+            meta["continue"] = self.store.encode_continue(items[limit - 1][0], rv)
+            if not labels and not fields:
+                meta["remainingItemCount"] = len(items) - limit
             items = items[:limit]
-        out = []
-        for _, obj in items:
-            item = copy.deepcopy(obj)
-            item.pop("kind", None)
-            item.pop("apiVersion", None)
-            out.append(item)
+        selected = [
+            obj
+            for _, obj in items
+            if all(m.matches(obj["metadata"].get("labels") or {}) for m in labels)
+            and all(m.matches(obj) for m in fields)
+        ]
         return 200, {
             "kind": f"{rt.kind}List",
             "apiVersion": rt.api_version,
             "metadata": meta,
-            "items": out,
+            "items": [_list_item(obj) for obj in selected],
         }
 
     def _decode_body(self, req: Request) -> JSON:
@@ -381,3 +373,11 @@ class ResourceVerbs:
                 "status": "Success",
                 "details": {**status_details(rt, req.name), "uid": old["metadata"]["uid"]},
             }
+
+
+def _list_item(obj: JSON) -> JSON:
+    """A copy of a stored object as a list item (items carry no kind/apiVersion)."""
+    item = copy.deepcopy(obj)
+    item.pop("kind", None)
+    item.pop("apiVersion", None)
+    return item

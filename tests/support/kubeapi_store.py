@@ -7,14 +7,23 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
+import json
 import threading
 import uuid
 
 from tests.support.kubeapi_resources import BY_PATH, JSON, STORED, ResourceType
+from tests.support.kubeapi_status import KubeError, bad_request
 
 NAMESPACES = BY_PATH[("", "v1", "namespaces")]
 SERVICE_ACCOUNTS = BY_PATH[("", "v1", "serviceaccounts")]
 Key = tuple[str, str]
+EXPIRED_MESSAGE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start "
+    "a new list without the continue parameter, or use the continue token in this response to "
+    "retrieve the remainder of the results. Continuing with the provided token results in an "
+    "inconsistent list - objects that were created, modified, or deleted between the time the "
+    "first chunk was returned and now may show up in the list."
+)
 
 
 def timestamp_now() -> str:
@@ -33,6 +42,9 @@ class ObjectStore:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.rv = 0
+        #: revisions at or below this one are gone (etcd compaction): continue tokens from
+        #: before it are 410 Expired
+        self.compacted = 0
         self._objects: dict[tuple[str, str], dict[Key, JSON]] = {(r.group, r.plural): {} for r in STORED}
 
     # ---- primitives (call under the lock) ------------------------------------------------------
@@ -41,6 +53,30 @@ class ObjectStore:
         """Consume the next resourceVersion."""
         self.rv += 1
         return str(self.rv)
+
+    def compact(self) -> None:
+        """Forget history up to now, as etcd's compaction does (every older continue token expires)."""
+        with self.lock:
+            self.compacted = self.rv
+
+    @staticmethod
+    def encode_continue(last: Key, rv: int) -> str:
+        """An opaque continue token: the last key served and the list's revision."""
+        return base64.urlsafe_b64encode(json.dumps({"k": list(last), "rv": rv}).encode()).decode()
+
+    def decode_continue(self, token: str) -> tuple[list[str] | None, int]:
+        """(key to start after, revision) of a token; ("", now) for none. An undecodable token is
+        a 400 (storage.DecodeContinue fails); a compacted revision is 410 Expired."""
+        if not token:
+            return None, self.rv
+        try:
+            state = json.loads(base64.urlsafe_b64decode(token))
+            start_after, rv = [str(k) for k in state["k"]], int(state["rv"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise bad_request(f"invalid continue token: {exc.__class__.__name__}") from exc
+        if rv <= self.compacted or rv > self.rv:
+            raise KubeError(410, "Expired", EXPIRED_MESSAGE)
+        return start_after, rv
 
     def kind(self, rt: ResourceType) -> dict[Key, JSON]:
         """The live mapping of one kind (mutate only through commit/remove)."""
