@@ -96,9 +96,10 @@ class KubernetesSettings:
     """Emit Events (CredentialsRotated, LoginRejected, ...) on target secrets."""
     event_window: float = 600.0
     """Repeats of the same Event within this many seconds are aggregated into one."""
-    list_secrets: bool = False
-    """Read fan-out targets with one cluster-wide LIST per secret name instead of one GET per
-    namespace. Needs cluster-wide ``list`` on secrets, which can read every Secret in the cluster."""
+    list_secrets: bool = True
+    """Read fan-out targets with one cluster-wide LIST per secret name
+    (``fieldSelector=metadata.name=NAME``) instead of one GET per namespace. Needs ``list`` on
+    secrets with ``resourceNames: [NAME]`` in a ClusterRole; refused, it falls back to the GETs."""
 
 
 @dataclass(frozen=True)
@@ -470,7 +471,7 @@ def _kubernetes(sec: _Section) -> KubernetesSettings:
         timeout=sec.get_duration("timeout", 15.0),
         events=sec.get_bool("events", True),
         event_window=sec.get_duration("event_window", 600.0),
-        list_secrets=sec.get_bool("list_secrets", False),
+        list_secrets=sec.get_bool("list_secrets", True),
     )
     sec.finish()
     return settings

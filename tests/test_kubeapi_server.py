@@ -851,7 +851,8 @@ def test_rbac_binds_list_and_watch_to_names_through_the_field_selector(
         assert err.value.status == 403, selector
     st = status_of(err.value)
     assert st["message"] == (
-        'secrets is forbidden: User "syncer" cannot list resource "secrets" in API group "" at the cluster scope'
+        'secrets is forbidden: User "syncer" cannot list resource "secrets" in API group "" '
+        "at the cluster scope"
     )
     with pytest.raises(ApiException) as err:  # the name is not a get grant
         core.read_namespaced_secret("pull", "a")
@@ -927,6 +928,7 @@ def test_continue_tokens_expire_with_compaction(kube: KubeAPIServer, ca_file: st
     first = raw(kube, "GET", "/api/v1/secrets?limit=1", ca_file=ca_file).json()
     token = first["metadata"]["continue"]
     assert raw(kube, "GET", f"/api/v1/secrets?limit=1&continue={token}", ca_file=ca_file).status_code == 200
+    kube.put_secret("d", "pull", data={"k": b"1"})
     kube.store.compact()
     expired = raw(kube, "GET", f"/api/v1/secrets?limit=1&continue={token}", ca_file=ca_file)
     assert expired.status_code == 410

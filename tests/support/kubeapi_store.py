@@ -42,8 +42,8 @@ class ObjectStore:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.rv = 0
-        #: revisions at or below this one are gone (etcd compaction): continue tokens from
-        #: before it are 410 Expired
+        #: revisions below this one are gone (etcd compaction): continue tokens from before it
+        #: are 410 Expired
         self.compacted = 0
         self._objects: dict[tuple[str, str], dict[Key, JSON]] = {(r.group, r.plural): {} for r in STORED}
 
@@ -55,7 +55,7 @@ class ObjectStore:
         return str(self.rv)
 
     def compact(self) -> None:
-        """Forget history up to now, as etcd's compaction does (every older continue token expires)."""
+        """Forget history before now, as etcd's compaction does (older continue tokens expire)."""
         with self.lock:
             self.compacted = self.rv
 
@@ -74,7 +74,7 @@ class ObjectStore:
             start_after, rv = [str(k) for k in state["k"]], int(state["rv"])
         except (ValueError, KeyError, TypeError) as exc:
             raise bad_request(f"invalid continue token: {exc.__class__.__name__}") from exc
-        if rv <= self.compacted or rv > self.rv:
+        if rv < self.compacted or rv > self.rv:
             raise KubeError(410, "Expired", EXPIRED_MESSAGE)
         return start_after, rv
 
