@@ -4,11 +4,19 @@ It speaks HTTPS/JSON like a real API server for the handful of resources the syn
 (namespaces, secrets, serviceaccounts, core/v1 and events.k8s.io/v1 events, leases, token and
 access reviews) and is strict where real clusters are strict: resourceVersion preconditions,
 AlreadyExists, missing namespaces, Secret validation (base64, dockerconfigjson, type immutability,
-the 1 MiB limit), RBAC per bearer token and the PATCH content types. Error bodies are kube
-``Status`` objects and never echo secret contents.
+the 1 MiB limit), RBAC per bearer token (list/watch bound to ``resourceNames`` through
+``fieldSelector=metadata.name``), etcd-style paging (``limit`` before selectors, 410 for a
+compacted continue token) and the PATCH content types. Error bodies are kube ``Status`` objects
+and never echo secret contents.
 
 Tests reach into the state directly (``put_secret``, ``get_secret`` ...), observe every request
 (``requests``, ``count``, ``writes``) and inject faults (``add_fault``, ``before``).
+
+Layout: this module is the HTTP front (recording, faults, routing, authorisation); the pieces are
+``kubeapi_store`` (objects and resourceVersions: ``ObjectStore``), ``kubeapi_crud`` (the verbs),
+``kubeapi_auth`` (tokens and the review APIs), ``kubeapi_rbac``, and the pure helpers
+``kubeapi_patch``, ``kubeapi_select``, ``kubeapi_validate``, ``kubeapi_status`` and
+``kubeapi_resources``; ``kubeapi_http`` holds the socket plumbing.
 """
 
 from __future__ import annotations
