@@ -217,7 +217,8 @@ def test_valid_dns_1123_secret_names_pass(value: str) -> None:
 
 def test_fanout_target_and_service_account_names_are_dns_1123() -> None:
     text = GOOD.replace('namespace = "domino-compute"\nname = "domino-quay-repos"',
-                        'namespace_selector = "team=ml"\nname = "pull..x"\nservice_accounts = ["default", "a..b"]')
+                        'namespace_selector = "team=ml"\nname = "pull..x"\n'
+                        'service_accounts = ["default", "a..b"]')
     problems = problems_of(text)
     assert [p.split(":")[0] for p in problems] == ["targets[0].name", "targets[0].service_accounts"]
     assert "'a..b'" in problems[1] and "ServiceAccount name" in problems[1]
