@@ -14,7 +14,8 @@ Tests reach into the state directly (``put_secret``, ``get_secret`` ...), observ
 
 Layout: this module is the HTTP front (recording, faults, routing, authorisation); the pieces are
 ``kubeapi_store`` (objects and resourceVersions: ``ObjectStore``), ``kubeapi_crud`` (the verbs),
-``kubeapi_auth`` (tokens and the review APIs), ``kubeapi_rbac``, and the pure helpers
+``kubeapi_auth`` (tokens and the review APIs), ``kubeapi_rbac``, ``kubeapi_faults`` (request records,
+injected faults and hooks), ``kubeapi_discovery`` (version and discovery), and the pure helpers
 ``kubeapi_patch``, ``kubeapi_select``, ``kubeapi_validate``, ``kubeapi_status`` and
 ``kubeapi_resources``; ``kubeapi_http`` holds the socket plumbing.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import re
 import socket
 import ssl
 import struct
@@ -32,8 +32,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,56 +41,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.support.kubeapi_auth import Authenticator, Identity, Reviews
 from tests.support.kubeapi_crud import ResourceVerbs
+from tests.support.kubeapi_discovery import non_resource
+from tests.support.kubeapi_faults import Faults, RequestRecord, fault_error
 from tests.support.kubeapi_http import KubeHTTPServer, Request, RequestHandler, parse_request, read_body
 from tests.support.kubeapi_rbac import Attributes, forbidden, request_name
 from tests.support.kubeapi_rbac import allowed as rbac_allowed
-from tests.support.kubeapi_resources import JSON, RESOURCES, VIRTUAL
-from tests.support.kubeapi_status import DEFAULT_REASONS, KubeError, bad_request, conflict, status_details
+from tests.support.kubeapi_resources import JSON, VIRTUAL
+from tests.support.kubeapi_status import KubeError, bad_request, status_details
 from tests.support.kubeapi_store import ObjectStore
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
 
-# --------------------------------------------------------------------------------------------
-# records and faults
-
-
-@dataclass
-class RequestRecord:
-    """One request as the server saw it (bodies are never kept: they may hold secrets)."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    verb: str
-    api_group: str
-    resource: str
-    namespace: str | None
-    name: str | None
-    subresource: str | None
-    user: str
-    status: int = 0
-    content_type: str = ""
-    dry_run: bool = False
-
-
-@dataclass
-class _Fault:
-    match: Callable[[RequestRecord], bool]
-    status: int | None
-    reason: str
-    delay: float
-    reset: bool
-    times: int | None
-
-
-@dataclass
-class _Hook:
-    match: Callable[[RequestRecord], bool]
-    action: Callable[[], object]
-    times: int | None
-
-
-@dataclass
 # --------------------------------------------------------------------------------------------
 # the server
 
@@ -112,8 +72,10 @@ class KubeAPIServer:
         self.verbs = ResourceVerbs(self.store)
         self.reviews = Reviews(self.auth, self.verbs)
         self._lock = self.store.lock
-        self._faults: list[_Fault] = []
-        self._hooks: list[_Hook] = []
+        self.faults = Faults(self._lock)
+        self.add_fault = self.faults.add_fault
+        self.before = self.faults.before
+        self.clear_faults = self.faults.clear
         self._server: KubeHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -217,51 +179,7 @@ class KubeAPIServer:
                 and not r.dry_run
             )
 
-    # ---- fault injection -------------------------------------------------------------------
-
-    def add_fault(
-        self,
-        match: Callable[[RequestRecord], bool],
-        *,
-        status: int | None = None,
-        reason: str = "",
-        delay: float = 0.0,
-        reset: bool = False,
-        times: int | None = 1,
-    ) -> None:
-        """Before a matching request: sleep ``delay``, then drop the connection (``reset``) or
-        answer a Status with ``status`` (429 gets ``Retry-After: 1``). times=None = forever."""
-        with self._lock:
-            self._faults.append(_Fault(match, status, reason, delay, reset, times))
-
-    def before(
-        self, match: Callable[[RequestRecord], bool], action: Callable[[], object], times: int | None = 1
-    ) -> None:
-        """Run ``action`` right before a matching request is processed (e.g. a concurrent edit)."""
-        with self._lock:
-            self._hooks.append(_Hook(match, action, times))
-
-    def clear_faults(self) -> None:
-        """Drop all faults and hooks."""
-        with self._lock:
-            self._faults.clear()
-            self._hooks.clear()
-
-    def _take(self, items: list[Any], record: RequestRecord) -> list[Any]:
-        """Consume matching faults/hooks (all hooks, only the first fault)."""
-        taken = []
-        with self._lock:
-            for item in list(items):
-                if not item.match(record):
-                    continue
-                taken.append(item)
-                if item.times is not None:
-                    item.times -= 1
-                    if item.times <= 0:
-                        items.remove(item)
-                if isinstance(item, _Fault):
-                    break
-        return taken
+    # ---- fault injection: see Faults ------------------------------------------------------
 
     # ---- kubeconfig ------------------------------------------------------------------------
 
@@ -329,7 +247,7 @@ class KubeAPIServer:
 
         status, payload, headers = 500, None, {}
         try:
-            for fault in self._take(self._faults, record):
+            for fault in self.faults.take(record, hooks=False):
                 if fault.delay:
                     time.sleep(fault.delay)
                 if fault.reset:
@@ -337,8 +255,8 @@ class KubeAPIServer:
                     self._reset(h)
                     return
                 if fault.status is not None:
-                    raise self._fault_error(fault, req)
-            for hook in self._take(self._hooks, record):
+                    raise fault_error(fault, req)
+            for hook in self.faults.take(record, hooks=True):
                 hook.action()
             if ident is None and not self._public(req):
                 raise KubeError(401, "Unauthorized", "Unauthorized")
@@ -364,25 +282,6 @@ class KubeAPIServer:
             "/livez",
             "/readyz",
         )
-
-    @staticmethod
-    def _fault_error(fault: _Fault, req: Request) -> KubeError:
-        code = int(fault.status or 500)
-        reason, message = DEFAULT_REASONS.get(code, ("InternalError", f"injected fault {code}"))
-        reason = fault.reason or reason
-        headers = {"Retry-After": "1"} if code == 429 else {}
-        if code == 409 and req.rt is not None and req.name:
-            return KubeError(
-                409,
-                reason,
-                conflict(req.rt, req.name).message,
-                status_details(req.rt, req.name),
-                headers,
-            )
-        details = status_details(req.rt, req.name) if req.rt is not None else {}
-        if code == 429:
-            details["retryAfterSeconds"] = 1
-        return KubeError(code, reason, message, details, headers)
 
     @staticmethod
     def _reset(h: RequestHandler) -> None:
@@ -412,7 +311,7 @@ class KubeAPIServer:
 
     def _route(self, req: Request, ident: Identity | None) -> tuple[int, Any]:
         if not req.is_resource:
-            return self._non_resource(req, ident)
+            return non_resource(req, self.port)
         assert ident is not None
         if req.unknown or req.rt is None:
             raise KubeError(404, "NotFound", "the server could not find the requested resource")
@@ -464,70 +363,6 @@ class KubeAPIServer:
                 status_details(rt, req.name),
             )
         return handler(req)
-
-    # ---- non-resource paths ----------------------------------------------------------------
-
-    def _non_resource(self, req: Request, ident: Identity | None) -> tuple[int, Any]:
-        path = req.path.rstrip("/") or "/"
-        if path == "/version":
-            return 200, {
-                "major": "1",
-                "minor": "31",
-                "gitVersion": "v1.31.0",
-                "gitCommit": "0000000000000000000000000000000000000000",
-                "gitTreeState": "clean",
-                "buildDate": "2024-08-13T07:28:49Z",
-                "goVersion": "go1.22.5",
-                "compiler": "gc",
-                "platform": "linux/amd64",
-            }
-        if path in ("/healthz", "/livez", "/readyz"):
-            return 200, "ok"
-        if req.method != "GET":
-            raise KubeError(405, "MethodNotAllowed", "the server does not allow this method")
-        if path == "/api":
-            return 200, {
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.port}"}
-                ],
-            }
-        if path == "/apis":
-            groups = sorted({r.group for r in RESOURCES if r.group})
-            return 200, {
-                "kind": "APIGroupList",
-                "apiVersion": "v1",
-                "groups": [
-                    {
-                        "name": g,
-                        "versions": [{"groupVersion": f"{g}/v1", "version": "v1"}],
-                        "preferredVersion": {"groupVersion": f"{g}/v1", "version": "v1"},
-                    }
-                    for g in groups
-                ],
-            }
-        m = re.fullmatch(r"/api/(v1)|/apis/([^/]+)/(v1)", path)
-        if m:
-            group = m.group(2) or ""
-            resources = [r for r in RESOURCES if r.group == group]
-            if resources:
-                return 200, {
-                    "kind": "APIResourceList",
-                    "apiVersion": "v1",
-                    "groupVersion": resources[0].api_version,
-                    "resources": [
-                        {
-                            "name": r.plural,
-                            "singularName": r.kind.lower(),
-                            "namespaced": r.namespaced,
-                            "kind": r.kind,
-                            "verbs": sorted(r.verbs),
-                        }
-                        for r in resources
-                    ],
-                }
-        raise KubeError(404, "NotFound", "the server could not find the requested resource")
 
 
 def iter_records(records: Iterable[RequestRecord], **attrs: Any) -> Iterator[RequestRecord]:
