@@ -278,7 +278,9 @@ class Preflight:
                         "" if names else "no namespace carries the labels yet")
         check = f"rbac list secrets named {target.name} (kubernetes.list_secrets)"
         if self.settings.kubernetes.list_secrets and check not in self.report.names():
-            self._verbs(check, [("list", "", "secrets", "", "")])
+            # the name goes into the review: RBAC binds a list to resourceNames only through
+            # the LIST's fieldSelector=metadata.name, which list_named always sends
+            self._verbs(check, [("list", "", "secrets", "", target.name)])
         return [target.in_namespace(ns) for ns in names]
 
     def _rbac(self, target: TargetSettings) -> None:

@@ -133,9 +133,10 @@ class KubernetesSettings:
     """Emit Events (CredentialsRotated, LoginRejected, ...) on target secrets."""
     event_window: float = 600.0
     """Repeats of the same Event within this many seconds are aggregated into one."""
-    list_secrets: bool = False
-    """Read fan-out targets with one cluster-wide LIST per secret name instead of one GET per
-    namespace. Needs cluster-wide ``list`` on secrets, which can read every Secret in the cluster."""
+    list_secrets: bool = True
+    """Read fan-out targets with one cluster-wide LIST per secret name
+    (``fieldSelector=metadata.name=NAME``) instead of one GET per namespace. Needs ``list`` on
+    secrets with ``resourceNames: [NAME]`` in a ClusterRole; refused, it falls back to the GETs."""
 
 
 @dataclass(frozen=True)
@@ -316,11 +317,29 @@ class Settings:
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _HOST = re.compile(r"^(https://)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?(/[^\s]*)?$")
-_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_DNS_LABEL_ONLY = re.compile(rf"^{_DNS_LABEL}$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _SET_TERM = re.compile(r"^(\S+)\s+(in|notin)\s*\(([^()]*)\)$")
+
+
+def name_problem(value: str, label: bool = False) -> str:
+    """Why ``value`` is not a Kubernetes object name, or "". Objects (Secrets, ServiceAccounts,
+    Leases) need a DNS-1123 subdomain (<= 253, labels of lowercase alphanumerics and '-' joined
+    by single dots); namespaces a DNS-1123 label (<= 63, no dot). The API server answers 422."""
+    if label:
+        if len(value) > 63 or not _DNS_LABEL_ONLY.match(value):
+            return ("is not a valid namespace name: a DNS-1123 label (at most 63 lowercase "
+                    f"letters, digits and '-', starting and ending with a letter or digit; got {value!r})")
+        return ""
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        return ("is not a valid Kubernetes name: a DNS-1123 subdomain (at most 253 lowercase "
+                "letters, digits, '-' and '.', each dot-separated part starting and ending with a "
+                f"letter or digit; got {value!r})")
+    return ""
 
 
 def selector_problem(selector: str) -> str:
@@ -527,7 +546,7 @@ def _kubernetes(sec: _Section) -> KubernetesSettings:
         timeout=sec.get_duration("timeout", 15.0),
         events=sec.get_bool("events", True),
         event_window=sec.get_duration("event_window", 600.0),
-        list_secrets=sec.get_bool("list_secrets", False),
+        list_secrets=sec.get_bool("list_secrets", True),
     )
     sec.finish()
     return settings
@@ -582,13 +601,19 @@ def _leader_election(sec: _Section, env: Mapping[str, str]) -> LeaderElectionSet
         lease_duration=sec.get_duration("lease_duration", 15.0),
         renew_period=sec.get_duration("renew_period", 5.0),
     )
+    if settings.lease_duration < 1:  # Lease.spec.leaseDurationSeconds holds whole seconds, > 0
+        sec.problem("lease_duration", "must be at least 1s (the Lease holds whole seconds; "
+                    f"got {settings.lease_duration:g}s)")
     if settings.enabled:
         for key in ("namespace", "identity"):
             if not getattr(settings, key):
                 sec.problem(key, "is required when enabled = true"
                             + (" (or set POD_NAME)" if key == "identity" else ""))
-        if settings.renew_period >= settings.lease_duration:
+        if settings.lease_duration >= 1 and settings.renew_period >= settings.lease_duration:
             sec.problem("renew_period", "must be shorter than lease_duration")
+        for key, label in (("namespace", True), ("name", False)):
+            if getattr(settings, key) and (problem := name_problem(getattr(settings, key), label)):
+                sec.problem(key, problem)
     sec.finish()
     return settings
 
@@ -669,11 +694,11 @@ def _target(sec: _Section, hosts: set[str]) -> TargetSettings:
         if not value:
             if key == "name" or not target.namespace_selector:
                 sec.problem(key, "is required" + (" (or namespace_selector)" if key == "namespace" else ""))
-        elif not _DNS_NAME.match(value) or len(value) > 253:
-            sec.problem(key, f"is not a valid Kubernetes name (got {value!r})")
+        elif problem := name_problem(value, label=key == "namespace"):
+            sec.problem(key, problem)
     for account in target.service_accounts:
-        if not _DNS_NAME.match(account) or len(account) > 253:
-            sec.problem("service_accounts", f"is not a valid ServiceAccount name (got {account!r})")
+        if problem := name_problem(account):
+            sec.problem("service_accounts", problem.replace("Kubernetes name", "ServiceAccount name"))
     for host in target.registries:
         if host not in hosts:
             sec.problem("registries", f"names {host!r}, which is not a configured registry host")

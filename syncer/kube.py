@@ -40,6 +40,9 @@ It lives in the same Secret, so exactly the principals who can read the credenti
 and kubelet ignores keys other than ``.dockerconfigjson``."""
 LIST_PAGE = 500
 """Items per page of a secret LIST (``limit``), so no single answer holds thousands of secrets."""
+NAMESPACE_PAGE = 1000
+"""Items per page of the namespace LIST. A Namespace is about half a KB, and ``limit`` counts
+namespaces before the label selector filters them, so one page covers most clusters whole."""
 IN_CLUSTER_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -53,6 +56,8 @@ class KubeErrorKind(StrEnum):
     ALREADY_EXISTS = "already_exists"
     INVALID = "invalid"
     RATE_LIMITED = "rate_limited"
+    EXPIRED = "expired"
+    """410: a LIST's continue token is older than the API server's compacted history."""
     SERVER = "server_error"
     UNREACHABLE = "unreachable"
     TIMEOUT = "timeout"
@@ -283,6 +288,7 @@ _BY_STATUS = {
     403: KubeErrorKind.FORBIDDEN,
     404: KubeErrorKind.NOT_FOUND,
     409: KubeErrorKind.CONFLICT,
+    410: KubeErrorKind.EXPIRED,
     422: KubeErrorKind.INVALID,
     429: KubeErrorKind.RATE_LIMITED,
 }
@@ -343,6 +349,34 @@ def _get_list(api: Api, path: str, query: Mapping[str, str], ref: str,
         raise KubeError(KubeErrorKind.SERVER, ref, "unreadable list", what) from None
 
 
+def list_all(api: Api, path: str, query: Mapping[str, str], ref: str, what: str) -> list[dict[str, Any]]:
+    """Every item of a paged LIST (``limit``/``continue``). Pages may be short or empty and still
+    carry a token (the API server counts ``limit`` before it applies selectors). A token that
+    expired (410) restarts the list from the start once; a repeated token is a server error."""
+    for attempt in (1, 2):
+        try:
+            return _pages(api, path, dict(query), ref, what)
+        except KubeError as exc:
+            if exc.kind is not KubeErrorKind.EXPIRED or attempt == 2:
+                raise
+            log.info("%s %s: continue token expired; listing again from the start", what, ref)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _pages(api: Api, path: str, query: dict[str, str], ref: str, what: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while True:
+        page, token = _get_list(api, path, query, ref, what)
+        items += page
+        if not token:
+            return items
+        if token in seen:
+            raise KubeError(KubeErrorKind.SERVER, ref, "the API server repeated a continue token", what)
+        seen.add(token)
+        query["continue"] = token
+
+
 def _write(api: Api, method: str, path: str, body: Any, ref: str, what: str = "secret",
            content_type: str = JSON) -> None:
     """Send a write; transport and HTTP failures become a KubeError about ``ref``."""
@@ -375,30 +409,22 @@ class SecretStore:
     def list_named(self, name: str) -> dict[str, SecretSnapshot | KubeError]:
         """Every secret called ``name``, by namespace: one cluster-wide LIST, in pages.
 
-        ``fieldSelector=metadata.name`` keeps the answer to the secrets the syncer manages. A
-        secret that cannot be decoded maps to its KubeError, so only its own target fails.
+        ``fieldSelector=metadata.name`` keeps the answer to the secrets the syncer manages, and
+        is what lets RBAC grant this LIST by ``resourceNames`` alone. A secret that cannot be
+        decoded maps to its KubeError, so only its own target fails.
         """
         found: dict[str, SecretSnapshot | KubeError] = {}
         query = {"fieldSelector": f"metadata.name={name}", "limit": str(self.list_page)}
-        seen: set[str] = set()
-        while True:
-            items, token = _get_list(self.api, api_path("secrets"), query, name, "secrets named")
-            for item in items:
-                meta = item.get("metadata") or {}
-                if meta.get("name") != name:
-                    continue  # a server or proxy that ignored the fieldSelector
-                namespace = str(meta.get("namespace", ""))
-                try:
-                    found[namespace] = _snapshot(item, f"{namespace}/{name}")
-                except KubeError as exc:
-                    found[namespace] = exc
-            if not token:
-                return found
-            if token in seen:
-                raise KubeError(KubeErrorKind.SERVER, name, "the API server repeated a continue token",
-                                "secrets named")
-            seen.add(token)
-            query["continue"] = token
+        for item in list_all(self.api, api_path("secrets"), query, name, "secrets named"):
+            meta = item.get("metadata") or {}
+            if meta.get("name") != name:
+                continue  # a server or proxy that ignored the fieldSelector
+            namespace = str(meta.get("namespace", ""))
+            try:
+                found[namespace] = _snapshot(item, f"{namespace}/{name}")
+            except KubeError as exc:
+                found[namespace] = exc
+        return found
 
     @staticmethod
     def _check_size(ref: str, payload: bytes, other_bytes: int = 0) -> None:
@@ -531,6 +557,9 @@ class AccountSnapshot:
 class FanOut:
     """Namespace selection and ServiceAccount pull-secret references for fan-out targets."""
 
+    namespace_page = NAMESPACE_PAGE
+    """Items per page of the namespace LIST."""
+
     def __init__(self, api: Api, dry_run: bool = False) -> None:
         self.api = api
         self.dry_run = dry_run
@@ -541,8 +570,8 @@ class FanOut:
         A terminating namespace refuses new objects (403) and is about to lose the secret
         anyway, so it is skipped rather than reported as a failure.
         """
-        items, _ = _get_list(self.api, api_path("namespaces"), {"labelSelector": selector}, selector,
-                             "namespaces matching")
+        query = {"labelSelector": selector, "limit": str(self.namespace_page)}
+        items = list_all(self.api, api_path("namespaces"), query, selector, "namespaces matching")
         names = []
         for item in items:
             meta = item.get("metadata") or {}

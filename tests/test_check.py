@@ -150,7 +150,7 @@ def test_invalid_config_is_reported_as_failed_checks(world: World, tmp_path: Pat
     assert "registries: at least one [[registries]] entry is required" in problems
 
 
-def test_list_secrets_needs_a_cluster_wide_grant(world: World, ngc: dict[str, Any]) -> None:
+def test_list_secrets_needs_a_named_cluster_wide_grant(world: World, ngc: dict[str, Any]) -> None:
     domino_secret(world)
     world.kube.add_namespace(NS, {"fanout": "yes"})
     rules = [*SECRET_RULES, {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]}]
@@ -161,9 +161,9 @@ def test_list_secrets_needs_a_cluster_wide_grant(world: World, ngc: dict[str, An
     name = f"rbac list secrets named {NAME} (kubernetes.list_secrets)"
     assert result.code == 1 and list(failed(checks)) == [name], result.out
     assert failed(checks)[name]["hint"] == ("grant the syncer's ServiceAccount a ClusterRole with "
-                                            'verbs ["list"] on secrets (apiGroups [""]) cluster-wide, '
-                                            "and bind it")
+                                            f'verbs ["list"] on secrets resourceNames [{NAME}] '
+                                            '(apiGroups [""]) cluster-wide, and bind it')
     world.kube.set_rules(SYNCER_TOKEN, [*rules, {"apiGroups": [""], "resources": ["secrets"],
-                                                 "verbs": ["list"]}])
+                                                 "verbs": ["list"], "resourceNames": [NAME]}])
     result, checks = checked(world, config)
     assert result.code == 0 and checks[name]["status"] == "OK", result.out

@@ -187,3 +187,58 @@ def test_registry_hosts_kubelet_treats_as_one_key_are_duplicates() -> None:
     text = GOOD + '[[registries]]\nhost = "https://NVCR.io/v1/"\npath = "registries/other"\n'
     joined = "\n".join(problems_of(text))
     assert "registries[1]: duplicate host (same as registries[0])" in joined
+
+
+# ------------------------------------------------------------------ Kubernetes names and Lease bounds
+
+
+@pytest.mark.parametrize("key, value", [
+    ("name", "a..b"), ("name", "-pull"), ("name", "pull-"), ("name", "Pull"), ("name", "a_b"),
+    ("name", "a." + "b" * 252), ("name", ".a"), ("namespace", "a.b"), ("namespace", "n" * 64),
+    ("namespace", "a..b"), ("namespace", "Team"),
+])
+def test_target_names_must_be_dns_1123(key: str, value: str) -> None:
+    """Secret names are DNS-1123 subdomains, namespaces DNS-1123 labels (else the API answers 422)."""
+    text = GOOD.replace(f'{key} = "domino-{"compute" if key == "namespace" else "quay-repos"}"',
+                        f'{key} = "{value}"')
+    assert f'{key} = "{value}"' in text
+    problems = problems_of(text)
+    assert len(problems) == 1 and problems[0].startswith(f"targets[0].{key}: is not a valid "), problems
+    assert repr(value) in problems[0]
+
+
+@pytest.mark.parametrize("value", ["a.b-c.d", "x" * 253, "0pull", "p"])
+def test_valid_dns_1123_secret_names_pass(value: str) -> None:
+    import tomllib
+
+    settings = config.from_mapping(tomllib.loads(GOOD.replace('"domino-quay-repos"', f'"{value}"')), {})
+    assert settings.targets[0].name == value
+
+
+def test_fanout_target_and_service_account_names_are_dns_1123() -> None:
+    text = GOOD.replace('namespace = "domino-compute"\nname = "domino-quay-repos"',
+                        'namespace_selector = "team=ml"\nname = "pull..x"\n'
+                        'service_accounts = ["default", "a..b"]')
+    problems = problems_of(text)
+    assert [p.split(":")[0] for p in problems] == ["targets[0].name", "targets[0].service_accounts"]
+    assert "'a..b'" in problems[1] and "ServiceAccount name" in problems[1]
+
+
+@pytest.mark.parametrize("duration, ok", [("500ms", False), ("999ms", False), ("1s", True), ("15s", True)])
+def test_lease_duration_under_one_second_is_a_config_error(duration: str, ok: bool) -> None:
+    """leaseDurationSeconds is whole seconds: 0.5s would become 0 and every Lease write 422."""
+    import tomllib
+
+    text = GOOD + f'[leader_election]\nenabled = true\nnamespace = "ns"\nidentity = "me"\n' \
+                  f'lease_duration = "{duration}"\nrenew_period = "100ms"\n'
+    if ok:
+        assert config.from_mapping(tomllib.loads(text), {}).leader_election.enabled
+        return
+    assert problems_of(text) == [f"leader_election.lease_duration: must be at least 1s (the Lease holds "
+                                 f"whole seconds; got {config.parse_duration(duration):g}s)"]
+
+
+def test_lease_names_are_dns_1123() -> None:
+    text = GOOD + '[leader_election]\nenabled = true\nnamespace = "a.b"\nidentity = "me"\nname = "x..y"\n'
+    assert [p.split(":")[0] for p in problems_of(text)] == ["leader_election.namespace",
+                                                           "leader_election.name"]
