@@ -211,3 +211,26 @@ def test_probe_interval_and_selector_parse() -> None:
     assert settings.targets[0].namespace_selector == "team in (ml,data),!legacy"
     assert settings.targets[0].service_accounts == ("default",)
     assert config_mod.ProbeSettings().interval == 0, "default: probe every cycle"
+
+
+def test_series_of_a_namespace_that_stops_matching_are_removed(world: World,
+                                                                registry: dict[str, Any]) -> None:
+    """A namespace relabelled out of the selector: its per-secret series leave /metrics, so a
+    stale ``syncer_secret_sync_success`` can never page anyone; a failed namespace LIST keeps
+    the last known series (nothing is known to have gone)."""
+    app = long_lived_app(fanout_config(world, registry))
+    reg = CollectorRegistry()
+    metrics = Metrics(reg, app.settings)
+    metrics.observe(app.syncer.run_once())
+    assert 'secret_namespace="ml-a"' in generate_latest(reg).decode()
+
+    world.kube.add_fault(lambda r: r.resource == "namespaces" and r.verb == "list", status=503,
+                         times=1)
+    metrics.observe(app.syncer.run_once())
+    assert 'secret_namespace="ml-a"' in generate_latest(reg).decode(), "kept while unknown"
+
+    world.kube.add_namespace("ml-a", {"team": "retired"})
+    metrics.observe(app.syncer.run_once())
+    text = generate_latest(reg).decode()
+    assert 'secret_namespace="ml-a"' not in text
+    assert metric_value(text, "syncer_secret_sync_success", secret_namespace="data-a", secret_name=NAME) == 1
