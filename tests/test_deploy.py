@@ -819,6 +819,26 @@ def test_every_alert_has_severity_summary_description_and_a_runbook() -> None:
         assert anchor == rule["alert"].lower() and anchor in anchors, f"no runbook section for {anchor}"
 
 
+def test_runbook_links_come_from_one_configurable_base(tmp_path: Path) -> None:
+    """runbook-base.yaml is the one place: every rendered runbook_url starts with it, the raw
+    rules hold only the placeholder, and a changed base reaches every alert."""
+    overlay = KUSTOMIZATIONS["monitoring"]
+    base = yaml.safe_load((overlay / "runbook-base.yaml").read_text())["data"]["base"]
+    source = re.search(r"^ARG SOURCE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M)
+    assert source and base == f"{source.group(1)}/blob/main/docs/operator-guide.md", \
+        "the runbook base and the image's source label name the same repository"
+    assert all(r["annotations"]["runbook_url"].startswith(base + "#") for r in alert_rules())
+    raw = (overlay / "prometheusrule.yaml").read_text()
+    assert "https://" not in raw.split("spec:", 1)[1], "no URL written into a rule by hand"
+    copy = tmp_path / "monitoring"
+    shutil.copytree(overlay, copy)
+    (copy / "runbook-base.yaml").write_text((copy / "runbook-base.yaml").read_text().replace(
+        base, "https://docs.internal.test/syncer/guide.html"))
+    rule = one(kustomize(copy), "PrometheusRule")
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert urls and all(u.startswith("https://docs.internal.test/syncer/guide.html#") for u in urls)
+
+
 def github_anchor(heading: str) -> str:
     """GitHub's heading slug: lower case, punctuation dropped, spaces to dashes."""
     slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
