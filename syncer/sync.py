@@ -401,7 +401,7 @@ class Syncer:
         try:
             self.vault.ensure_login()
         except VaultError as exc:
-            log.error("vault login failed: %s", exc)
+            log.error("vault login failed: %s", safe(exc, DETAIL_LIMIT))
             for report in reports.values():
                 _fail(report, "vault", f"vault_{exc.kind.value}",
                       f"Vault login failed ({exc.kind.value}): {exc}")
@@ -417,7 +417,7 @@ class Syncer:
         for registry, versioned in zip(self.settings.registries,
                                        self._map(read, self.settings.registries), strict=True):
             if isinstance(versioned, VaultError):
-                log.error("registry %s: vault read failed: %s", registry.host, versioned)
+                log.error("registry %s: vault read failed: %s", registry.host, safe(versioned, DETAIL_LIMIT))
                 _fail(reports[registry.host], "vault", f"vault_{versioned.kind.value}",
                       f"Vault read failed ({versioned.kind.value}): {versioned}")
                 continue
@@ -465,16 +465,18 @@ class Syncer:
             _fail(report, "probe", "rejected", f"registry rejected the credentials from Vault "
                   f"({result.detail}); old entries kept")
             report.outcome = RegistryOutcome.REJECTED
-            log.error("registry %s: login rejected: %s", host, result.detail)
+            log.error("registry %s: login rejected: %s", host, safe(result.detail, DETAIL_LIMIT))
             return self.settings.probe.verify_before_write
         elif result.reason in REFUSED_REASONS:
             _fail(report, "probe", result.reason, f"refused: {result.detail}; nothing written")
-            log.error("registry %s: refused (%s): %s", host, result.reason, result.detail)
+            log.error("registry %s: refused (%s): %s", host, result.reason,
+                      safe(result.detail, DETAIL_LIMIT))
             return True
         else:
             _fail(report, "probe", result.reason, f"probe failed: {result.detail} "
                   "(credentials still written: the failure says nothing about them)")
-            log.error("registry %s: probe error (%s): %s", host, result.reason, result.detail)
+            log.error("registry %s: probe error (%s): %s", host, result.reason,
+                      safe(result.detail, DETAIL_LIMIT))
         return False
 
     def _probe_cached(self, prober: Prober, host: str, credential: Credential) -> ProbeResult:
