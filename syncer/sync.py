@@ -417,7 +417,8 @@ class Syncer:
         for registry, versioned in zip(self.settings.registries,
                                        self._map(read, self.settings.registries), strict=True):
             if isinstance(versioned, VaultError):
-                log.error("registry %s: vault read failed: %s", registry.host, safe(versioned, DETAIL_LIMIT))
+                log.error("registry %s: vault read failed: %s", registry.host,
+                          safe(versioned, DETAIL_LIMIT))
                 _fail(reports[registry.host], "vault", f"vault_{versioned.kind.value}",
                       f"Vault read failed ({versioned.kind.value}): {versioned}")
                 continue

@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 import requests
 
-from syncer.sync import MANAGED_HOSTS
+from syncer.config import TargetSettings
+from syncer.sync import (
+    DETAIL_LIMIT,
+    MANAGED_HOSTS,
+    RegistryOutcome,
+    RegistryReport,
+    TargetOutcome,
+    TargetReport,
+)
 from tests.support.operator import run_cmd
 from tests.support.registry import Reply
 from tests.support.world import World, sentinel
@@ -30,6 +38,8 @@ USER = "robot$ci"
 # A log line as the text formatter writes it: "2026-01-01 12:00:00,123 LEVEL ..."
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
 FORGED = "evil\nERROR   syncer.sync: fake line"
+# A username with ':' is refused at read time (docker would split it), so this one has none.
+FORGED_USER = "bot\nERROR   syncer.sync fake line"
 ANSI = "\x1b[2J\x1b[31mred\x1b]0;pwned\x07\u202eevil\u200b\x9b"
 
 
@@ -71,7 +81,8 @@ def assert_inert(text: str, where: str) -> None:
     a record of its own or a visible continuation of one."""
     raw = sorted({f"U+{ord(c):04X}" for c in text if not c.isprintable() and c != "\n"})
     assert not raw, f"raw control characters in {where}: {raw}"
-    assert "\nERROR   syncer.sync: fake" not in text and not text.startswith("ERROR   syncer.sync: fake")
+    forged = re.search(r"(^|\n)(2026-01-01 00:00:00,000 )?ERROR   syncer\.sync:? fake", text)
+    assert forged is None, f"a forged log line starts a line of {where}"
 
 
 def assert_log_lines(err: str) -> None:
@@ -183,7 +194,7 @@ def test_vault_username_with_newline_and_ansi_is_escaped_everywhere(world: World
     the log and the CredentialsRotated Event show it escaped; with the probe on, `check`'s
     rejection hint quotes it escaped; the good registry's target is written either way."""
     password = sentinel("hostile-user")
-    world.vault_put("hostile", username="bot" + FORGED + ANSI, password=password)
+    world.vault_put("hostile", username=FORGED_USER + ANSI, password=password)
     hostile = {"host": "registry.hostile.example", "path": "hostile"}
     targets = [{"namespace": NS, "name": NAME, "create": True}]
 
@@ -192,19 +203,19 @@ def test_vault_username_with_newline_and_ansi_is_escaped_everywhere(world: World
     assert result.code == 0, result.out
     assert_inert(result.out + result.err, "--once")
     assert_log_lines(result.err)
-    assert "as botevil\\nERROR   syncer.sync: fake line\\x1b[2J" in result.out
+    assert "as bot\\nERROR   syncer.sync fake line\\x1b[2J" in result.out
     auths = world.secret_doc(NS, NAME)["auths"]
-    assert auths["registry.hostile.example"]["username"] == "bot" + FORGED + ANSI
+    assert auths["registry.hostile.example"]["username"] == FORGED_USER + ANSI
     assert good["host"] in auths
     rotated = [e for e in assert_events_inert(world) if e["reason"] == "CredentialsRotated"]
-    assert rotated and "botevil\\nERROR" in rotated[0]["message"]
+    assert rotated and "bot\\nERROR   syncer.sync fake line\\x1b[2J" in rotated[0]["message"]
 
-    world.vault_put("hostile", username="bot" + FORGED + ANSI, password=password)
+    world.vault_put("hostile", username=FORGED_USER + ANSI, password=password)
     probed = world.config([{**hostile, "host": htpasswd_registry.host}], targets)
     check = run_cmd(world, "check", probed)
     assert check.code == 1
     assert_inert(check.out + check.err, "check")
-    assert 'username "botevil\\nERROR   syncer.sync: fake line\\x1b[2J' in check.out
+    assert 'username "bot\\nERROR   syncer.sync fake line\\x1b[2J' in check.out
 
 
 def test_vault_key_names_with_escapes_are_escaped_in_the_failure(world: World,
@@ -229,20 +240,17 @@ def test_vault_key_names_with_escapes_are_escaped_in_the_failure(world: World,
     assert good["host"] in world.secret_doc(NS, NAME)["auths"]
 
 
-def test_registry_error_text_is_escaped_and_capped(world: World, good: dict[str, Any],
-                                                   registry_fake_server: Any) -> None:
-    """Attack: a registry answers with a Bearer challenge whose (plain-HTTP) realm host carries
-    terminal escapes, C1 controls and 20,000 characters, which the probe quotes in its verdict.
-    Safe: the registry's failure line, the log and `check` show it escaped and capped; the good
-    registry's entry is written."""
-    # No "[" or "]" (urlsplit would refuse the URL before the probe quotes it); latin-1 only (a
-    # header's charset): ESC c resets the terminal, BEL rings, CSI (U+009B) starts a C1 sequence.
-    hostile = "\x1bc\x07\x9b2j\x7f" + "r" * 20_000
-    challenge = f'Bearer realm="http://auth{hostile}.example/token",service="x"'
-    server = registry_fake_server(lambda _req: Reply(401, [("WWW-Authenticate", challenge)]))
+def test_hostile_redirect_from_a_registry_leaves_output_inert(world: World, good: dict[str, Any],
+                                                              registry_fake_server: Any) -> None:
+    """Attack: a registry redirects /v2/ to a host name carrying terminal escapes and C1 controls.
+    Safe: the probe refuses it (today without quoting it) and nothing raw reaches `--once`,
+    `check` or the log, whatever the probe's wording; the good registry's entry is written."""
+    # latin-1 only (a header's charset): ESC c resets the terminal, BEL rings, CSI (U+009B).
+    location = "https://evil\x1bc\x07\x9b2j\x7f" + "r" * 2_000 + ".example/v2/"
+    server = registry_fake_server(lambda _req: Reply(307, [("Location", location)]))
     world.vault_put("evil", username=USER, password=sentinel("evil"))
-    evil = {"host": server.host, "path": "evil"}
-    config = world.config([good, evil], [{"namespace": NS, "name": NAME, "create": True}])
+    config = world.config([good, {"host": server.host, "path": "evil"}],
+                          [{"namespace": NS, "name": NAME, "create": True}])
 
     result = world.run(config)
     check = run_cmd(world, "check", config)
@@ -250,8 +258,21 @@ def test_registry_error_text_is_escaped_and_capped(world: World, good: dict[str,
         assert res.code == 1
         assert_inert(res.out + res.err, name)
         assert_log_lines(res.err)
-        assert "\\x1bc\\x07\\x9b2j\\x7f" in res.out
-        assert "r" * 2000 not in res.out + res.err
-    line = next(x for x in result.out.splitlines() if x.startswith(f"registry {server.host}"))
-    assert len(line) < 700
+        assert "r" * 1500 not in res.out + res.err
+    assert f"registry {server.host}: failed" in result.out
     assert good["host"] in world.secret_doc(NS, NAME)["auths"]
+
+
+def test_report_lines_escape_and_cap_quoted_error_text() -> None:
+    """Attack: error text from a registry, Vault or the API server (quoted by the probe, the Vault
+    source or the kube client) holds a forged line, escapes and 20,000 characters. Safe: the
+    `--once` registry and target lines, which the summary and the log print, show it escaped and
+    capped at DETAIL_LIMIT."""
+    hostile = FORGED + ANSI + "r" * 20_000
+    registry = RegistryReport("quay.io", RegistryOutcome.FAILED, detail=f"probe failed: {hostile}")
+    target = TargetReport(TargetSettings(namespace=NS, name=NAME), TargetOutcome.FAILED,
+                          detail=f"cannot read: {hostile}")
+    for line in (registry.line(), target.line()):
+        assert_inert(line, "report line")
+        assert "evil\\nERROR   syncer.sync: fake line\\x1b[2J" in line
+        assert len(line) < DETAIL_LIMIT + 100 and "…(+" in line
