@@ -25,9 +25,13 @@ from syncer.kube import TRANSPORT_ERRORS, Api, FanOut, KubeError, SecretStore, t
 from syncer.probe import Outcome, Prober
 from syncer.secretfiles import readable_by_others
 from syncer.sync import document
+from syncer.text import escape, json_safe, safe, safe_list
 from syncer.vault import VaultError, VaultErrorKind, VaultSource
 
 log = logging.getLogger(__name__)
+
+REASON_LIMIT = 600
+"""Characters of a check's reason shown (it may quote a Vault, registry or API server error)."""
 
 
 class Status(StrEnum):
@@ -54,8 +58,9 @@ class Check:
 
     def line(self) -> str:
         """``FAIL  name: reason (hint: ...)``."""
-        hint = f" (hint: {self.hint})" if self.hint else ""
-        return f"{self.status.value:<4}  {self.name}: {self.reason}{hint}"
+        # Names, reasons and hints quote outside text (Vault and registry errors, secret keys).
+        hint = f" (hint: {escape(self.hint)})" if self.hint else ""
+        return f"{self.status.value:<4}  {safe(self.name)}: {safe(self.reason, REASON_LIMIT)}{hint}"
 
 
 @dataclass
@@ -88,7 +93,7 @@ class Report:
 
     def to_json(self) -> str:
         """``{"ok": bool, "checks": [{"name", "status", "reason", "hint"}, ...]}``."""
-        return json.dumps({"ok": self.ok, "checks": [asdict(c) for c in self.checks]}, indent=2)
+        return json_safe(json.dumps({"ok": self.ok, "checks": [asdict(c) for c in self.checks]}, indent=2))
 
 
 def config_failure(problems: list[str]) -> Report:
@@ -230,14 +235,14 @@ class Preflight:
             result = self.prober.probe(registry.host, credential)
             shown = f"{self.settings.vault.kv_mount}/{registry.path}"
             if result.outcome is Outcome.OK:
-                self.report.add(name, Status.OK, f"login verified as {credential.username}")
+                self.report.add(name, Status.OK, f"login verified as {safe(credential.username)}")
             elif result.outcome is Outcome.UNVERIFIED:
                 self.report.add(name, Status.WARN, result.detail,
                                 "the registry allows anonymous access, so no login can be proven")
             elif result.outcome is Outcome.REJECTED:
                 self.report.add(name, Status.FAIL, result.detail,
                                 f"the registry rejects the login from Vault: put the current password "
-                                f"(and username {credential.username!r}) at {shown}")
+                                f"(and username \"{safe(credential.username)}\") at {shown}")
             else:
                 self.report.add(name, Status.FAIL, result.detail,
                                 PROBE_HINTS.get(result.reason, "see the reason; retry later if transient"))
@@ -365,7 +370,7 @@ class Preflight:
             return
         hosts = sorted(doc["auths"])
         self.report.add(name, Status.OK, f"well formed, {len(hosts)} entries"
-                        + (f" ({', '.join(hosts)})" if hosts else ""))
+                        + (f" ({safe_list(hosts)})" if hosts else ""))
 
 
 def _login_hint(method: str) -> str:

@@ -24,6 +24,7 @@ from syncer.history import rollback_file, rollback_secret
 from syncer.kube import KubeError
 from syncer.proxies import ProxyEnv, proxy_problem, with_scheme
 from syncer.show import Inspector, render, to_json
+from syncer.text import json_safe, safe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 COMMANDS = ("check", "show", "rollback")
@@ -168,11 +169,11 @@ def _rollback(args: argparse.Namespace, settings: Settings, api: kube.Api) -> in
             store = kube.SecretStore(api, dry_run=dry_run)
             result = rollback_secret(store, args.namespace, args.name, time.time)
     except KubeError as exc:
-        print(f"rollback: {exc}", file=sys.stderr)
+        print(f"rollback: {safe(exc, 500)}", file=sys.stderr)
         return EXIT_FAILED
     if args.output == "json":
-        print(json.dumps({"target": result.target, "ok": result.ok, "dry_run": result.dry_run,
-                          "message": result.message, "changes": result.changed}, indent=2))
+        print(json_safe(json.dumps({"target": result.target, "ok": result.ok, "dry_run": result.dry_run,
+                                    "message": result.message, "changes": result.changed}, indent=2)))
     else:
         print(result.render())
     return EXIT_OK if result.ok else EXIT_FAILED

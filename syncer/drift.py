@@ -15,11 +15,38 @@ from typing import Any
 
 from syncer import dockerconfig
 from syncer.credential import Credential
+from syncer.hosts import is_registry_host
+from syncer.text import safe_list
+
+
+def split_hosts(text: str) -> tuple[list[str], list[str]]:
+    """The managed-hosts annotation ``a,b`` -> (valid hosts, ignored items).
+
+    The annotation is ours, but anyone who may edit the Secret can edit it too: only items that
+    are registry hosts (as the config accepts them) are taken, so nothing else can reach a log
+    line, a prune decision or a rewritten annotation.
+    """
+    hosts: list[str] = []
+    ignored: list[str] = []
+    for item in text.split(","):
+        if item:
+            (hosts if is_registry_host(item) else ignored).append(item)
+    return hosts, ignored
 
 
 def parse_hosts(text: str) -> list[str]:
-    """``a,b`` -> ``["a", "b"]`` (the managed-hosts annotation)."""
-    return [h for h in text.split(",") if h]
+    """``a,b`` -> ``["a", "b"]``: the valid hosts of the managed-hosts annotation."""
+    return split_hosts(text)[0]
+
+
+def ignored_warning(ignored: list[str]) -> str:
+    """One bounded line about ignored annotation items: their count and the first few, escaped."""
+    return (f"ignored {len(ignored)} invalid item(s) in the managed-hosts annotation: "
+            f"{safe_list(ignored, limit=40, items=3)}")
+
+
+_MAX_VERSION_DIGITS = 18
+"""A KV version fits in 18 digits; longer (or non-ASCII) digit strings are someone's edit."""
 
 
 def parse_versions(text: str) -> dict[str, int]:
@@ -27,7 +54,9 @@ def parse_versions(text: str) -> dict[str, int]:
     versions = {}
     for item in text.split(","):
         host, sep, number = item.rpartition("=")
-        if sep and host and number.isdigit():
+        # isdigit() alone admits "²" and 5,000-digit numbers, which int() refuses (ValueError).
+        if (sep and is_registry_host(host) and number.isascii() and number.isdigit()
+                and len(number) <= _MAX_VERSION_DIGITS):
             versions[host] = int(number)
     return versions
 

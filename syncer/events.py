@@ -20,10 +20,19 @@ from typing import Any
 
 from syncer.config import KubernetesSettings
 from syncer.kube import JSON, MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
+from syncer.text import safe
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "registry-credential-syncer"
+MESSAGE_LIMIT = 1000
+"""Characters of an Event message before the cap marker (events.k8s.io caps a note at 1 KiB)."""
+
+
+def event_message(message: str) -> str:
+    """The message as recorded: it may quote outside text (the API server's or a registry's error,
+    a malformed secret's keys), so control characters are escaped and the length is capped."""
+    return safe(message, MESSAGE_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class EventSpec:
     reason: str
     """CamelCase reason: CredentialsRotated, LoginRejected, SyncFailed, MalformedSecret."""
     message: str
-    """Human text without secret material."""
+    """Human text without secret material (escaped and capped when recorded)."""
     warning: bool = False
     """Event type Warning instead of Normal."""
 
@@ -127,7 +136,7 @@ class EventRecorder:
             "involvedObject": {"apiVersion": "v1", "kind": "Secret", "namespace": spec.namespace,
                                "name": spec.name},
             "reason": spec.reason,
-            "message": spec.message[:1024],
+            "message": event_message(spec.message),
             "type": "Warning" if spec.warning else "Normal",
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT,

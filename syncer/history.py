@@ -22,6 +22,7 @@ from syncer import dockerconfig, filetarget
 from syncer.filetarget import FileSnapshot, FileStore
 from syncer.kube import KubeError, KubeErrorKind, SecretSnapshot, SecretStore
 from syncer.sync import LAST_WRITE, document
+from syncer.text import safe
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ class RollbackResult:
 
     def render(self) -> str:
         """Human lines for the terminal."""
-        lines = [f"rollback {self.target}: {self.message}"]
-        lines += [f"  {c}" for c in self.changed]
+        # Changed lines name auths keys and messages quote errors: text from the secret or file.
+        lines = [f"rollback {safe(self.target)}: {safe(self.message, 500)}"]
+        lines += [f"  {safe(c)}" for c in self.changed]
         return "\n".join(lines)
 
 

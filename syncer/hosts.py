@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 
@@ -22,3 +23,15 @@ def normalize_key(key: str) -> str:
             rest = rest[: -len(suffix)]
     host, sep, path = rest.partition("/")
     return host.lower() + sep + path
+
+
+# A registry host as config validation accepts it (see config._HOST), but anchored with \Z and
+# with the path limited to printable ASCII, so text read back from a Secret (the managed-hosts
+# annotation, which tenants can edit) is taken only when it could have been written by us.
+_REGISTRY_HOST = re.compile(
+    r"(https://)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:\d{1,5})?(/[!-+\--~]{0,255})?\Z")
+
+
+def is_registry_host(text: str) -> bool:
+    """True for ``host[:port][/path]`` (a DNS name or IPv4 address); False for anything else."""
+    return _REGISTRY_HOST.match(text) is not None

@@ -18,12 +18,15 @@ from syncer.config import Settings, TargetSettings
 from syncer.credential import Credential
 from syncer.filetarget import FileStore
 from syncer.kube import FanOut, KubeError, SecretStore
-from syncer.sync import LAST_WRITE, MANAGED_HOSTS, document
+from syncer.sync import DETAIL_LIMIT, LAST_WRITE, MANAGED_HOSTS, document
+from syncer.text import json_safe, safe, safe_list
 from syncer.vault import VaultError, VaultSource
 
 log = logging.getLogger(__name__)
 
 MASK = "••••"
+CELL_LIMIT = 80
+"""Characters of one table cell (a host or username from the secret) in the human table."""
 
 
 @dataclass
@@ -175,18 +178,21 @@ def render(views: list[TargetView]) -> str:
     """The human table."""
     lines = []
     for v in views:
-        head = f"{v.kind} {v.target}"
+        # Keys, usernames, annotations and error text come from the secret or file (tenants may
+        # edit it): shown escaped and capped, see syncer.text.
+        head = f"{v.kind} {safe(v.target)}"
         if v.status != "ok":
-            lines.append(f"{head}: {v.status} - {v.detail}")
+            lines.append(f"{head}: {v.status} - {safe(v.detail, DETAIL_LIMIT)}")
             continue
-        extra = [f"last sync {v.last_write or 'never'}",
+        extra = [f"last sync {safe(v.last_write, CELL_LIMIT) or 'never'}",
                  f"rollback {'available' if v.rollback_available else 'not available'}"]
         if v.other_keys:
-            extra.append(f"other keys: {', '.join(v.other_keys)}")
+            extra.append(f"other keys: {safe_list(v.other_keys, CELL_LIMIT)}")
         lines.append(f"{head} ({'; '.join(extra)})")
         rows = [("HOST", "USERNAME", "PASSWORD", "MANAGED", "MATCHES VAULT", "LAST SYNC")]
-        rows += [(e.host, e.username, e.password, "yes" if e.managed else "no", e.matches_vault,
-                  e.last_sync or "-") for e in v.entries]
+        rows += [(safe(e.host, CELL_LIMIT), safe(e.username, CELL_LIMIT), e.password,
+                  "yes" if e.managed else "no", safe(e.matches_vault, CELL_LIMIT),
+                  safe(e.last_sync, CELL_LIMIT) or "-") for e in v.entries]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         if not v.entries:
@@ -197,4 +203,4 @@ def render(views: list[TargetView]) -> str:
 def to_json(views: list[TargetView]) -> str:
     """``{"targets": [...]}`` with the same fields as the table."""
     data: dict[str, Any] = {"targets": [asdict(v) for v in views]}
-    return json.dumps(data, indent=2, ensure_ascii=False)
+    return json_safe(json.dumps(data, indent=2, ensure_ascii=False))

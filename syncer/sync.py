@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
 
-from syncer import dockerconfig, drift, filetarget
+from syncer import dockerconfig, drift, filetarget, logs
 from syncer.config import RegistrySettings, Settings, TargetSettings
 from syncer.credential import Credential, VersionedCredential
 from syncer.dockerconfig import Change, HostChange
@@ -33,6 +33,7 @@ from syncer.kube import (
     SecretStore,
 )
 from syncer.probe import Outcome, Prober, ProbeResult
+from syncer.text import safe, safe_list
 from syncer.vault import VaultError, VaultSource
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ LAST_WRITE = ANNOTATION_PREFIX + "last-write"
 VAULT_VERSIONS = ANNOTATION_PREFIX + "vault-versions"
 """Annotation with the KV v2 version last written per host (the drift basis; no secret material)."""
 SHUTTING_DOWN = "shutting down"
+DETAIL_LIMIT = 500
+"""Characters of a report's detail (quoted error text from outside) shown per line."""
 REFUSED_REASONS = frozenset({"insecure"})
 """Probe errors that are about the registry, not the login: never send it credentials."""
 
@@ -97,8 +100,8 @@ class RegistryReport:
     def line(self) -> str:
         """A human summary line."""
         text = f"registry {self.host}: {self.outcome.value}"
-        if self.detail:
-            text += f" - {self.detail}"
+        if self.detail:  # may quote Vault's or the registry's error text
+            text += f" - {safe(self.detail, DETAIL_LIMIT)}"
         return text
 
 
@@ -125,6 +128,8 @@ class TargetReport:
     stale: list[str] = field(default_factory=list)
     """Formerly managed hosts no longer configured, kept because prune = false."""
     dry_run: bool = False
+    annotation_ignored: int = 0
+    """Invalid items ignored in the managed-hosts annotation (someone edited it)."""
 
     @property
     def failed(self) -> bool:
@@ -136,21 +141,21 @@ class TargetReport:
         outcome = self.outcome.value
         if self.dry_run and self.outcome in (TargetOutcome.UPDATED, TargetOutcome.CREATED):
             outcome = f"would be {outcome} (dry-run)"
-        parts = [c.describe() for c in self.changes if c.change is not Change.UNCHANGED]
+        parts = [safe(c.describe()) for c in self.changes if c.change is not Change.UNCHANGED]
         if self.drift:
             repaired = self.target.drift == "repair"
             parts.append(f"drift {'repaired' if repaired else 'detected (drift = report: not repaired)'}"
                          f" on {', '.join(self.drift)}")
-        if self.pruned:
-            parts.append(f"pruned {', '.join(self.pruned)}")
+        if self.pruned:  # pruned and stale hosts come from the (tenant-editable) annotation
+            parts.append(f"pruned {safe_list(self.pruned)}")
         if self.stale:
-            parts.append(f"{', '.join(self.stale)} no longer configured (kept; prune = false)")
+            parts.append(f"{safe_list(self.stale)} no longer configured (kept; prune = false)")
         if self.held_back:
             parts.append(f"kept old entry for {', '.join(self.held_back)}")
         if self.linked_accounts:
             parts.append(f"added to imagePullSecrets of serviceaccount {', '.join(self.linked_accounts)}")
-        if self.detail:
-            parts.append(self.detail)
+        if self.detail:  # may quote the API server, a malformed secret's keys or a file's error
+            parts.append(safe(self.detail, DETAIL_LIMIT))
         suffix = f" - {'; '.join(parts)}" if parts else ""
         return f"target {self.target.ref}: {outcome}{suffix}"
 
@@ -396,7 +401,7 @@ class Syncer:
         try:
             self.vault.ensure_login()
         except VaultError as exc:
-            log.error("vault login failed: %s", exc)
+            log.error("vault login failed: %s", safe(exc, DETAIL_LIMIT))
             for report in reports.values():
                 _fail(report, "vault", f"vault_{exc.kind.value}",
                       f"Vault login failed ({exc.kind.value}): {exc}")
@@ -412,10 +417,12 @@ class Syncer:
         for registry, versioned in zip(self.settings.registries,
                                        self._map(read, self.settings.registries), strict=True):
             if isinstance(versioned, VaultError):
-                log.error("registry %s: vault read failed: %s", registry.host, versioned)
+                log.error("registry %s: vault read failed: %s", registry.host,
+                          safe(versioned, DETAIL_LIMIT))
                 _fail(reports[registry.host], "vault", f"vault_{versioned.kind.value}",
                       f"Vault read failed ({versioned.kind.value}): {versioned}")
                 continue
+            logs.protect(versioned.credential)  # a library's exception quoting it is scrubbed from logs
             reports[registry.host].version = versioned.version
             logins[registry.host] = Login(registry, versioned.credential, versioned.version)
         return logins
@@ -459,16 +466,18 @@ class Syncer:
             _fail(report, "probe", "rejected", f"registry rejected the credentials from Vault "
                   f"({result.detail}); old entries kept")
             report.outcome = RegistryOutcome.REJECTED
-            log.error("registry %s: login rejected: %s", host, result.detail)
+            log.error("registry %s: login rejected: %s", host, safe(result.detail, DETAIL_LIMIT))
             return self.settings.probe.verify_before_write
         elif result.reason in REFUSED_REASONS:
             _fail(report, "probe", result.reason, f"refused: {result.detail}; nothing written")
-            log.error("registry %s: refused (%s): %s", host, result.reason, result.detail)
+            log.error("registry %s: refused (%s): %s", host, result.reason,
+                      safe(result.detail, DETAIL_LIMIT))
             return True
         else:
             _fail(report, "probe", result.reason, f"probe failed: {result.detail} "
                   "(credentials still written: the failure says nothing about them)")
-            log.error("registry %s: probe error (%s): %s", host, result.reason, result.detail)
+            log.error("registry %s: probe error (%s): %s", host, result.reason,
+                      safe(result.detail, DETAIL_LIMIT))
         return False
 
     def _probe_cached(self, prober: Prober, host: str, credential: Credential) -> ProbeResult:
@@ -540,11 +549,15 @@ class Syncer:
         try:
             current = document(snapshot)
         except dockerconfig.MalformedError as exc:
-            log.error("target %s: malformed %s left untouched: %s", target.ref, what, exc)
+            log.error("target %s: malformed %s left untouched: %s", target.ref, what,
+                      safe(exc, DETAIL_LIMIT))
             return _target_fail(report, TargetOutcome.MALFORMED, "malformed",
                                 f"existing {what} is malformed ({exc}); left untouched")
         before = snapshot.annotations if snapshot is not None else {}
-        managed = drift.parse_hosts(before.get(MANAGED_HOSTS, ""))
+        managed, ignored = drift.split_hosts(before.get(MANAGED_HOSTS, ""))
+        if ignored and not report.annotation_ignored:  # once per target and run, not per attempt
+            log.warning("target %s: %s", target.ref, drift.ignored_warning(ignored))
+        report.annotation_ignored = report.annotation_ignored or len(ignored)
         recorded = drift.parse_versions(before.get(VAULT_VERSIONS, ""))
         report.drift = drift.drifted(current, {h: (login.credential, login.registry.email, login.version)
                                                for h, login in wanted.items()}, recorded)
