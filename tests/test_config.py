@@ -242,3 +242,11 @@ def test_lease_names_are_dns_1123() -> None:
     text = GOOD + '[leader_election]\nenabled = true\nnamespace = "a.b"\nidentity = "me"\nname = "x..y"\n'
     assert [p.split(":")[0] for p in problems_of(text)] == ["leader_election.namespace",
                                                            "leader_election.name"]
+
+
+@pytest.mark.parametrize("host", ["nvcr.io\n", "nvcr.io/team\x1b[31m", "nvcr.io/a b"])
+def test_registry_host_with_control_characters_or_a_trailing_newline_is_refused(host: str) -> None:
+    import json
+
+    text = GOOD.replace('host = "nvcr.io"', f"host = {json.dumps(host)}")
+    assert any(p.startswith("registries[0].host") for p in problems_of(text))
