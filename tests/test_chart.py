@@ -192,7 +192,8 @@ def test_template_validates_and_config_passes_the_syncers_validation(mode: str) 
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert env_of(workload)["SYNCER_CONFIG"] == f"{mounts['config']['mountPath']}/config.toml"
-    assert volumes["config"]["configMap"]["name"] == one(objects, "ConfigMap", f"{RELEASE}-config")["metadata"]["name"]
+    config_map = one(objects, "ConfigMap", f"{RELEASE}-config")
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
     jwt_dir, jwt_name = settings.vault.auth.jwt_file.rsplit("/", 1)
     assert mounts["vault-token"]["mountPath"] == jwt_dir
     (source,) = volumes["vault-token"]["projected"]["sources"]
@@ -215,7 +216,8 @@ def test_domino_example_mirrors_the_domino_overlay() -> None:
     kustomize = settings_of(render("domino"))
     assert chart.targets == kustomize.targets
     assert chart.registries == kustomize.registries
-    assert [(t.namespace, t.name, t.create) for t in chart.targets] == [("domino-compute", "domino-quay-repos", False)]
+    assert [(t.namespace, t.name, t.create) for t in chart.targets] == [
+        ("domino-compute", "domino-quay-repos", False)]
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
@@ -317,7 +319,8 @@ def test_pdb_only_with_more_than_one_replica() -> None:
 def test_network_policy_admits_metrics_only_from_the_monitoring_namespace() -> None:
     policy = one(template("default"), "NetworkPolicy")["spec"]
     (rule,) = policy["ingress"]
-    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert rule["from"] == [monitoring]
     assert rule["ports"] == [{"port": 9102, "protocol": "TCP"}]
     egress = sorted((p["protocol"], p["port"]) for r in policy["egress"] for p in r["ports"])
     assert egress == [("TCP", 53), ("TCP", 443), ("TCP", 443), ("TCP", 6443), ("TCP", 8200), ("UDP", 53)]
@@ -502,3 +505,47 @@ def test_without_a_rendered_rule_the_sync_fails_cleanly(
 def test_chart_names_are_dns_labels() -> None:
     for obj in template("fanout"):
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", obj["metadata"]["name"]), obj["metadata"]
+
+
+# ------------------------------------------------------------------------------ manifests
+
+
+def test_render_manifests_check_fails_on_drift(tmp_path: Path) -> None:
+    script = [sys.executable, str(DEPLOY.parent / "scripts" / "render_manifests.py")]
+    out = tmp_path / "rendered"
+    subprocess.run([*script, "--out", str(out)], check=True, capture_output=True, timeout=120)
+    assert len(list(out.glob("*.yaml"))) >= 10
+    ok = subprocess.run([*script, "--out", str(out), "--check"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    deployment = next(out.glob("deployment-*.yaml"))
+    deployment.write_text(deployment.read_text().replace("replicas: 2", "replicas: 5"))
+    drifted = subprocess.run([*script, "--out", str(out), "--check"], capture_output=True, text=True,
+                             timeout=120)
+    assert drifted.returncode == 1 and "replicas: 5" in drifted.stderr and "make manifests" in drifted.stderr
+
+
+def test_base_values_reproduce_the_kustomize_base() -> None:
+    """deploy/chart/base-values.yaml renders deploy/base's objects, config and RBAC; what is left
+    are label differences the cut-over must handle (the selector gains app.kubernetes.io/instance
+    and drops app.kubernetes.io/component; the Namespace is helm's --create-namespace)."""
+    sys.path.insert(0, str(DEPLOY.parent / "scripts"))
+    try:
+        import render_manifests as rm
+    finally:
+        sys.path.pop(0)
+    objects = rm.render()
+    from tests.test_deploy import render
+
+    base = render("base")
+    # kustomize appends a content hash to the ConfigMap's name; helm rolls pods by annotation.
+    unhashed = [(o["kind"], o["metadata"]["name"].rsplit("-", 1)[0] if o["kind"] == "ConfigMap"
+                 else o["metadata"]["name"]) for o in base if o["kind"] != "Namespace"]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == sorted(unhashed)
+    assert tomllib.loads(config_text(objects)) == tomllib.loads(config_text(base)) | {
+        "leader_election": tomllib.loads(config_text(objects))["leader_election"]}
+    assert settings_of(objects).leader_election.name == settings_of(base).leader_election.name
+    assert granted_rules(chart_rules(objects)) == granted_rules(
+        [{**r, "namespaces": [role["metadata"]["namespace"]]} for role in base if role["kind"] == "Role"
+         for r in role["rules"]])
+    report = rm.compare_kustomize(objects)
+    assert [line for line in report if line.startswith("only in the chart")] == []
