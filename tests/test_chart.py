@@ -39,6 +39,7 @@ from tests.test_deploy import (
     one,
     pod_spec,
     project_version,
+    render,
     settings_of,
     validate_objects,
     workload_of,
@@ -390,9 +391,9 @@ def test_raw_config_toml_is_used_verbatim_and_drives_the_rbac(tmp_path: Path) ->
 def test_monitoring_objects_are_the_files_deploy_ships() -> None:
     objects = template("monitoring")
     validate_objects(objects)
-    for link in ("prometheusrule.yaml", "dashboard.json"):
+    for link in ("prometheusrule.yaml", "dashboard.json", "runbook-base.yaml"):
         assert (CHART / "files" / link).is_symlink(), f"files/{link} must stay a symlink (one copy)"
-    shipped = yaml.safe_load((DEPLOY / "overlays" / "monitoring" / "prometheusrule.yaml").read_text())
+    shipped = one(render("monitoring"), "PrometheusRule")  # kustomize's, runbook base filled in
     rule = one(objects, "PrometheusRule")
     assert rule["spec"] == shipped["spec"]
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
@@ -405,6 +406,14 @@ def test_monitoring_objects_are_the_files_deploy_ships() -> None:
     # The alerts select job="<Service name>", which is what the ServiceMonitor's job label becomes.
     assert one(objects, "Service")["metadata"]["name"] in json.dumps(rule["spec"])
     assert not [o for o in template("default") if o["apiVersion"].startswith("monitoring.coreos.com")]
+
+
+def test_runbook_base_value_reaches_every_alert() -> None:
+    rule = one(template("monitoring", "metrics.prometheusRule.runbookBase=https://docs.internal.test/g"),
+               "PrometheusRule")
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert len(urls) >= 5
+    assert all(u.startswith("https://docs.internal.test/g#") for u in urls), urls
 
 
 def test_notes_tell_how_to_see_the_first_sync(tmp_path: Path) -> None:
