@@ -13,7 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,lint]'
 	touch $@
 
-# Real registry and htpasswd for the tests and the demo, promtool for the alert-rule tests
+# Real registry and htpasswd for the tests and the demo, prometheus (promtool and the server for
+# tests/test_prometheus.py), tinyproxy for the egress-proxy tests
 # (Debian packages; prometheus is installed without recommends and its service is not needed).
 system-deps:
 	@if ! command -v docker-registry >/dev/null || ! command -v htpasswd >/dev/null \
