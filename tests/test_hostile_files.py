@@ -13,10 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import contextlib
 import os
+import resource
 import stat
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +78,42 @@ def _tree(top: Path) -> dict[str, Any]:
                 what = stat.filemode(st.st_mode)
             entries[path] = (what, st.st_uid, st.st_mode, st.st_ino)
     return entries
+
+
+@contextlib.contextmanager
+def _memory_bound(extra: int = 1 << 30) -> Iterator[None]:
+    """Cap this process's address space at its current size plus ``extra``, so a regression
+    that reads /dev/zero fails with MemoryError instead of exhausting the machine."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    size = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (size + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+@contextlib.contextmanager
+def _fifo_unblocker(path: Path, after: float) -> Iterator[None]:
+    """After ``after`` seconds, open ``path`` for writing and close it again whenever a reader
+    waits on it, so a regression that blocks on the FIFO ends (EOF) and fails the time bound
+    instead of hanging the suite."""
+    done = threading.Event()
+
+    def unblock() -> None:
+        if done.wait(after):
+            return
+        while not done.wait(0.05):
+            with contextlib.suppress(OSError):  # ENXIO: nobody is reading
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+    thread = threading.Thread(target=unblock, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _user_dir(path: Path) -> Path:
@@ -185,8 +224,9 @@ def test_fifo_as_config_or_bookkeeping(world: World, ngc: dict[str, Any], layout
         os.mkfifo(path, 0o600)
 
     started = time.monotonic()
-    _hostile_row(world, ngc, layout, make, f"{name} is a FIFO, not a regular file; refused")
-    assert time.monotonic() - started < 10
+    with _fifo_unblocker(layout.docker / name, after=5.0):
+        _hostile_row(world, ngc, layout, make, f"{name} is a FIFO, not a regular file; refused")
+    assert time.monotonic() - started < 5, "blocked on the FIFO"
 
 
 @pytest.mark.timeout(20)
@@ -201,8 +241,9 @@ def test_dev_zero_as_config_or_bookkeeping(world: World, ngc: dict[str, Any], la
         os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
 
     started = time.monotonic()
-    _hostile_row(world, ngc, layout, make, f"{name} is a character device, not a regular file; refused")
-    assert time.monotonic() - started < 10
+    with _memory_bound():
+        _hostile_row(world, ngc, layout, make, f"{name} is a character device, not a regular file; refused")
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.timeout(20)
@@ -211,7 +252,8 @@ def test_symlink_to_dev_zero_as_state(world: World, ngc: dict[str, Any], layout:
     def make() -> None:
         layout.sidecar("syncer-state").symlink_to("/dev/zero")
 
-    _hostile_row(world, ngc, layout, make, ".config.json.syncer-state is a symbolic link; refused")
+    with _memory_bound():
+            _hostile_row(world, ngc, layout, make, ".config.json.syncer-state is a symbolic link; refused")
 
 
 def _rollback_refused(world: World, ngc: dict[str, Any], layout: Layout, reason: str) -> None:
