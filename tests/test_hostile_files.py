@@ -11,9 +11,9 @@ hostile home and of root's own ``.docker`` is hashed before and after).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
-import contextlib
 import os
 import resource
 import stat
