@@ -3,9 +3,11 @@
 A write never leaves a partial file behind, even if the process is killed at any point:
 the new content goes to a temporary file in the same directory, is fsynced, chmod 0600 and
 chowned to the old file's owner, then renamed over the target (an atomic replace on POSIX),
-and the directory is fsynced so the rename survives a crash. Keys the syncer does not manage
-(``credHelpers``, ``credsStore``, ``HttpHeaders``, unknown ones) are kept by the same merge
-rules as for Secrets.
+and the directory is fsynced so the rename survives a crash. Every path is opened through
+syncer.safefs: no symlink another user could have made is followed, the file and its
+bookkeeping siblings must be regular files and are read up to a cap (issue 16, item 3).
+Keys the syncer does not manage (``credHelpers``, ``credsStore``, ``HttpHeaders``, unknown
+ones) are kept by the same merge rules as for Secrets.
 
 What a Secret keeps in annotations and in its ``.dockerconfigjson.previous`` key, a file
 target keeps in two hidden siblings, both mode 0600 and owned like the target:
@@ -19,26 +21,24 @@ caller re-reads and re-merges, like after a 409 from the API server.
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import functools
 import hashlib
 import json
 import logging
 import os
-import tempfile
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from syncer import dockerconfig
+from syncer import dockerconfig, safefs
 from syncer.kube import SECRET_TYPE, KubeError, KubeErrorKind
 
 log = logging.getLogger(__name__)
 
-FILE_MODE = 0o600
-STALE_TEMP_AGE = 3600.0
-"""Seconds after which a leftover temporary file (from a killed writer) is removed."""
-_TEMP_MARK = ".syncer-tmp-"
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""Largest config.json (and ``.previous``, a former config.json) read; a Secret holds 1 MiB."""
+MAX_STATE_BYTES = 256 * 1024
+"""Largest ``.syncer-state`` read (host names and KV versions: a few KiB in practice)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,11 @@ def serialize(doc: dockerconfig.Document) -> bytes:
 def sidecar(path: str, kind: str) -> str:
     """``/dir/.config.json.syncer-state`` or ``/dir/.config.json.previous``."""
     directory, base = os.path.split(path)
-    return os.path.join(directory, f".{base}.{kind}")
+    return os.path.join(directory, _sibling(base, kind))
+
+
+def _sibling(base: str, kind: str) -> str:
+    return f".{base}.{kind}"
 
 
 def _token(st: os.stat_result, content: bytes) -> str:
@@ -99,19 +103,37 @@ def _token(st: os.stat_result, content: bytes) -> str:
 
 
 def _error(exc: OSError, path: str) -> KubeError:
+    if isinstance(exc, safefs.UnsafeFileError):
+        kind = KubeErrorKind.TOO_LARGE if exc.kind == "too_large" else KubeErrorKind.WRONG_TYPE
+        return KubeError(kind, path, str(exc.strerror), what="file")
     kind = {errno.EACCES: KubeErrorKind.FORBIDDEN, errno.EPERM: KubeErrorKind.FORBIDDEN,
             errno.ENOENT: KubeErrorKind.NOT_FOUND}.get(exc.errno or 0, KubeErrorKind.IO_ERROR)
     return KubeError(kind, path, f"{exc.strerror or type(exc).__name__}", what="file")
 
 
-def _read_bytes(path: str) -> tuple[os.stat_result, bytes] | None:
-    """(stat, content) of a regular file, None if it does not exist."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            return st, f.read()
-    except FileNotFoundError:
+def _split(path: str) -> tuple[str, str]:
+    """(directory, name) of an absolute, normalised path."""
+    return os.path.split(os.path.normpath(os.path.abspath(path)))
+
+
+_Found = tuple[os.stat_result, bytes, dict[str, str], bytes | None]
+
+
+def _read(dir_fd: int, base: str, path: str) -> _Found | None:
+    """The file and its bookkeeping siblings, read without following any link."""
+    found = safefs.read_regular(dir_fd, base, MAX_FILE_BYTES)
+    if found is None:
         return None
+    state = safefs.read_regular(dir_fd, _sibling(base, "syncer-state"), MAX_STATE_BYTES)
+    previous = safefs.read_regular(dir_fd, _sibling(base, "previous"), MAX_FILE_BYTES)
+    annotations: dict[str, str] = {}
+    if state is not None:
+        try:
+            loaded = json.loads(state[1])
+            annotations = {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
+        except ValueError:
+            log.warning("file %s: unreadable sync state ignored", path)
+    return found[0], found[1], annotations, previous[1] if previous else None
 
 
 class FileStore:
@@ -121,51 +143,55 @@ class FileStore:
         self.dry_run = dry_run
 
     def read(self, path: str) -> FileSnapshot | None:
-        """The file, or None when it does not exist."""
-        real = os.path.realpath(path)
+        """The file, or None when it (or its directory) does not exist."""
+        directory, base = _split(path)
         try:
-            found = _read_bytes(real)
-            if found is None:
-                return None
-            st, content = found
-            state = _read_bytes(sidecar(real, "syncer-state"))
-            previous = _read_bytes(sidecar(real, "previous"))
+            dir_fd = safefs.open_dir(directory)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise _error(exc, path) from None
-        annotations: dict[str, str] = {}
-        if state is not None:
-            try:
-                loaded = json.loads(state[1])
-                annotations = {str(k): str(v) for k, v in loaded.items()} if isinstance(loaded, dict) else {}
-            except ValueError:
-                log.warning("file %s: unreadable sync state ignored", path)
-        return FileSnapshot(real, _token(st, content), content, annotations,
-                            previous[1] if previous else None, st.st_uid, st.st_gid)
+        try:
+            found = _read(dir_fd, base, path)
+        except OSError as exc:
+            raise _error(exc, path) from None
+        finally:
+            os.close(dir_fd)
+        if found is None:
+            return None
+        st, content, annotations, previous = found
+        return FileSnapshot(os.path.join(directory, base), _token(st, content), content, annotations,
+                            previous, st.st_uid, st.st_gid)
 
     def write(self, path: str, snapshot: FileSnapshot | None, payload: bytes,
               annotations: Mapping[str, str], previous: bytes | None = None) -> None:
         """Replace the file with ``payload`` if it is still as ``snapshot`` saw it (absent when
         None); then record ``annotations``. ``previous`` is kept for rollback first."""
-        real = snapshot.path if snapshot else os.path.realpath(path)
+        directory, base = _split(snapshot.path if snapshot else path)
         if self.dry_run:
-            log.info("dry-run: would write file %s", real)
+            log.info("dry-run: would write file %s", os.path.join(directory, base))
             return
         owner = (snapshot.uid, snapshot.gid) if snapshot else (-1, -1)
         try:
-            if snapshot is None:
-                os.makedirs(os.path.dirname(real), mode=0o700, exist_ok=True)
-            self._check_token(real, snapshot)
-            if previous is not None:
-                atomic_write(sidecar(real, "previous"), previous, owner)
-            atomic_write(real, payload, owner, lambda: self._check_token(real, snapshot))
-            state = json.dumps(dict(annotations), indent=1, sort_keys=True).encode() + b"\n"
-            atomic_write(sidecar(real, "syncer-state"), state, owner)
+            dir_fd = safefs.open_dir(directory, create=snapshot is None)
         except OSError as exc:
             raise _error(exc, path) from None
+        try:
+            check = functools.partial(self._check_token, dir_fd, base, path, snapshot)
+            check()
+            if previous is not None:
+                safefs.replace(dir_fd, _sibling(base, "previous"), previous, owner)
+            safefs.replace(dir_fd, base, payload, owner, check)
+            state = json.dumps(dict(annotations), indent=1, sort_keys=True).encode() + b"\n"
+            safefs.replace(dir_fd, _sibling(base, "syncer-state"), state, owner)
+        except OSError as exc:
+            raise _error(exc, path) from None
+        finally:
+            os.close(dir_fd)
 
     @staticmethod
-    def _check_token(path: str, snapshot: FileSnapshot | None) -> None:
-        found = _read_bytes(path)
+    def _check_token(dir_fd: int, base: str, path: str, snapshot: FileSnapshot | None) -> None:
+        found = safefs.read_regular(dir_fd, base, MAX_FILE_BYTES)
         now = None if found is None else _token(*found)
         if now != (snapshot.token if snapshot else None):
             raise KubeError(KubeErrorKind.CONFLICT, path, "changed by someone else since it was read",
@@ -174,38 +200,11 @@ class FileStore:
 
 def atomic_write(path: str, content: bytes, owner: tuple[int, int] = (-1, -1),
                  before_rename: Callable[[], None] | None = None) -> None:
-    """Write ``content`` to ``path`` atomically: temp file in the same directory, fsync,
-    mode 0600, owner kept, rename, fsync of the directory. Raises OSError."""
-    directory, base = os.path.split(path)
-    _remove_stale_temps(directory, base)
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}{_TEMP_MARK}", dir=directory)
+    """Write ``content`` to ``path`` atomically (see safefs.replace), the directory walked
+    without following untrusted links. Raises OSError."""
+    directory, base = _split(path)
+    dir_fd = safefs.open_dir(directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), FILE_MODE)
-            if owner != (-1, -1):
-                os.fchown(f.fileno(), *owner)
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        if before_rename is not None:
-            before_rename()  # the last precondition check, right before the atomic replace
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
+        safefs.replace(dir_fd, base, content, owner, before_rename)
     finally:
         os.close(dir_fd)
-
-
-def _remove_stale_temps(directory: str, base: str) -> None:
-    """Remove temp files a killed writer left behind (old enough not to be in use)."""
-    prefix = f".{base}{_TEMP_MARK}"
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.name.startswith(prefix) and time.time() - entry.stat().st_mtime > STALE_TEMP_AGE:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
