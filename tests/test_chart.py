@@ -32,9 +32,9 @@ from tests.support.scenario import make_world, ngc_login, registry_spec
 from tests.support.world import SYNCER_TOKEN, World
 from tests.test_deploy import (
     DEPLOY,
+    assert_hardened,
     config_text,
     container,
-    dockerfile_uid,
     env_of,
     one,
     pod_spec,
@@ -252,14 +252,7 @@ def test_pod_is_hardened(mode: str) -> None:
     workload = workload_of(template(mode))
     pod, c = pod_spec(workload), container(workload)
     assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    sc = c["securityContext"]
-    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert sc["runAsUser"] == pod["securityContext"]["runAsUser"] == dockerfile_uid()
-    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
-    assert c["image"].endswith(":" + project_version())
+    assert_hardened(pod, c)
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert all(m.get("readOnly") for name, m in mounts.items() if name != "tmp")
     if workload["kind"] == "CronJob":

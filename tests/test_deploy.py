@@ -307,10 +307,8 @@ def test_rbac_grants_exactly_what_the_config_needs(name: str) -> None:
                 assert "resourceNames" not in rule, rule
 
 
-@pytest.mark.parametrize("name", WORKLOAD_OVERLAYS)
-def test_pod_is_hardened(name: str) -> None:
-    workload = workload_of(render(name))
-    pod, c = pod_spec(workload), container(workload)
+def assert_hardened(pod: dict[str, Any], c: dict[str, Any]) -> None:
+    """The hardening every shipped pod has (kustomize and Helm alike)."""
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = c["securityContext"]
@@ -319,6 +317,13 @@ def test_pod_is_hardened(name: str) -> None:
     assert sc["runAsUser"] == pod["securityContext"]["runAsUser"] == dockerfile_uid()
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert c["image"].endswith(":" + project_version())
+
+
+@pytest.mark.parametrize("name", WORKLOAD_OVERLAYS)
+def test_pod_is_hardened(name: str) -> None:
+    workload = workload_of(render(name))
+    pod, c = pod_spec(workload), container(workload)
+    assert_hardened(pod, c)
     if workload["kind"] == "CronJob":
         spec = workload["spec"]
         assert spec["concurrencyPolicy"] == "Forbid"

@@ -19,6 +19,7 @@ from syncer import config as config_mod
 from syncer.cli import build_app, make_daemon
 from syncer.health import Health, Heartbeat, make_server
 from syncer.scheduler import StopWhen
+from tests.support.vault_fixtures import FakeClock
 from tests.support.world import World
 from tests.test_daemon import NAME, NS, ngc, reg, world  # noqa: F401 - fixtures
 
@@ -26,29 +27,18 @@ INTERVAL = 10.0
 STUCK = 60.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
-def make_health(clock: Clock, alive: list[bool] | None = None) -> Health:
+def make_health(clock: FakeClock, alive: list[bool] | None = None) -> Health:
     state = alive if alive is not None else [True]
     return Health(INTERVAL, 3 * INTERVAL, stuck_after=STUCK, heartbeat=Heartbeat(clock),
                   scheduler_alive=lambda: state[0], clock=clock)
 
 
-def test_a_long_cycle_that_keeps_progressing_stays_alive(clock: Clock) -> None:
+def test_a_long_cycle_that_keeps_progressing_stays_alive(clock: FakeClock) -> None:
     health = make_health(clock)
     health.run_started()
     for _ in range(20):  # 20 x 50 s: far beyond 3 intervals and beyond the stuck bound
@@ -59,7 +49,7 @@ def test_a_long_cycle_that_keeps_progressing_stays_alive(clock: Clock) -> None:
     assert "cycle running for 1000s" in health.live()[1]
 
 
-def test_a_cycle_without_progress_past_the_bound_is_stuck(clock: Clock) -> None:
+def test_a_cycle_without_progress_past_the_bound_is_stuck(clock: FakeClock) -> None:
     health = make_health(clock)
     health.run_started()
     clock.advance(20)
@@ -72,7 +62,7 @@ def test_a_cycle_without_progress_past_the_bound_is_stuck(clock: Clock) -> None:
     assert why == "sync cycle stuck: running for 81s, no progress for 61s (limit 60s)"
 
 
-def test_a_cycle_that_never_completes_a_step_is_stuck_from_its_start(clock: Clock) -> None:
+def test_a_cycle_that_never_completes_a_step_is_stuck_from_its_start(clock: FakeClock) -> None:
     health = make_health(clock)
     health.heartbeat.beat()  # progress of an earlier cycle must not count for this one
     clock.advance(500)
@@ -82,7 +72,7 @@ def test_a_cycle_that_never_completes_a_step_is_stuck_from_its_start(clock: Cloc
     assert not health.live()[0]
 
 
-def test_between_cycles_three_intervals_without_a_start_fail(clock: Clock) -> None:
+def test_between_cycles_three_intervals_without_a_start_fail(clock: FakeClock) -> None:
     health = make_health(clock)
     health.run_started()
     clock.advance(5)
@@ -93,7 +83,7 @@ def test_between_cycles_three_intervals_without_a_start_fail(clock: Clock) -> No
     assert health.live() == (False, "no run started for 31s (3 intervals = 30s)")
 
 
-def test_standby_is_alive_and_ready_without_running(clock: Clock) -> None:
+def test_standby_is_alive_and_ready_without_running(clock: FakeClock) -> None:
     health = make_health(clock)
     health.standby = True
     clock.advance(100 * INTERVAL)
@@ -101,7 +91,7 @@ def test_standby_is_alive_and_ready_without_running(clock: Clock) -> None:
     assert health.ready() == (True, "standby (not the leader)")
 
 
-def test_a_dead_scheduler_fails_liveness_even_mid_progress(clock: Clock) -> None:
+def test_a_dead_scheduler_fails_liveness_even_mid_progress(clock: FakeClock) -> None:
     alive = [True]
     health = make_health(clock, alive)
     health.run_started()
@@ -112,7 +102,7 @@ def test_a_dead_scheduler_fails_liveness_even_mid_progress(clock: Clock) -> None
     assert not health.live()[0], "a standby whose scheduler died is dead too"
 
 
-def test_readiness_is_unchanged_by_progress(clock: Clock) -> None:
+def test_readiness_is_unchanged_by_progress(clock: FakeClock) -> None:
     health = make_health(clock)
     health.run_started()
     health.heartbeat.beat()
@@ -128,7 +118,7 @@ def test_readiness_is_unchanged_by_progress(clock: Clock) -> None:
 
 
 @pytest.fixture
-def served(clock: Clock) -> Iterator[tuple[Health, str]]:
+def served(clock: FakeClock) -> Iterator[tuple[Health, str]]:
     health = make_health(clock)
     server = make_server("127.0.0.1", 0, CollectorRegistry(), health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -139,7 +129,7 @@ def served(clock: Clock) -> Iterator[tuple[Health, str]]:
         server.server_close()
 
 
-def test_healthz_over_http_progressing_then_stuck(served: tuple[Health, str], clock: Clock) -> None:
+def test_healthz_over_http_progressing_then_stuck(served: tuple[Health, str], clock: FakeClock) -> None:
     health, url = served
     health.run_started()
     clock.advance(5 * INTERVAL)
