@@ -39,14 +39,13 @@ from syncer.challenge import Challenge, ChallengeError, parse_challenges
 from syncer.config import ProbeSettings
 from syncer.credential import Credential
 from syncer.dockerconfig import auth_value
-from syncer.proxies import ProxyChoice, ProxyEnv
+from syncer.proxies import ProxyChoice, ProxyEnv, netloc
 from syncer.transport import (
     Deadline,
     Transport,
     TransportError,
     deadline_scope,
     has_userinfo,
-    netloc,
 )
 
 log = logging.getLogger(__name__)

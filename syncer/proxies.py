@@ -70,17 +70,24 @@ class ProxyChoice:
         return f"direct ({self.why})"
 
 
-def strip_userinfo(url: str) -> str:
-    """``scheme://host[:port]`` of a proxy URL: never its ``user:password@``, path or query."""
+def netloc(url: str) -> str:
+    """``host[:port]`` of a URL for messages (IPv6 in brackets): never its userinfo, path or
+    query; ``?`` when the URL does not parse."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
-        return "<invalid proxy URL>"
+        return "?"
     host = parts.hostname or "?"
     if ":" in host:
         host = f"[{host}]"
-    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port else "")
+    return host + (f":{port}" if port else "")
+
+
+def strip_userinfo(url: str) -> str:
+    """``scheme://host[:port]`` of a proxy URL: never its ``user:password@``, path or query."""
+    shown = netloc(url)
+    return "<invalid proxy URL>" if shown == "?" else f"{urlsplit(url).scheme.lower()}://{shown}"
 
 
 def proxy_problem(url: str) -> str:

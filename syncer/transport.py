@@ -342,16 +342,6 @@ def has_userinfo(url: str) -> bool:
     return bool(urlsplit(url).username or urllib3.util.parse_url(sent).auth)
 
 
-def netloc(url: str) -> str:
-    """``host[:port]`` of a URL for messages: never its userinfo, path or query."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return "?"
-    return (parts.hostname or "?") + (f":{port}" if port else "")
-
-
 def retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), capped."""
     if not value:
