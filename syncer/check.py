@@ -285,7 +285,9 @@ class Preflight:
         if self.settings.kubernetes.list_secrets and check not in self.report.names():
             # the name goes into the review: RBAC binds a list to resourceNames only through
             # the LIST's fieldSelector=metadata.name, which list_named always sends
-            self._verbs(check, [("list", "", "secrets", "", target.name)])
+            # a WARN, not a FAIL: without the grant the sync falls back to a GET per namespace
+            self._verbs(check, [("list", "", "secrets", "", target.name)], denied=Status.WARN,
+                        fallback="; until then each cycle falls back to one GET per namespace")
         return [target.in_namespace(ns) for ns in names]
 
     def _rbac(self, target: TargetSettings) -> None:
@@ -299,27 +301,28 @@ class Preflight:
             wanted += [(verb, "", "serviceaccounts", ns, account) for verb in ("get", "patch")]
         self._verbs(f"rbac {target.ref}", wanted)
 
-    def _verbs(self, name: str, wanted: list[tuple[str, str, str, str, str]]) -> None:
-        denied = []
+    def _verbs(self, name: str, wanted: list[tuple[str, str, str, str, str]],
+               denied: Status = Status.FAIL, fallback: str = "") -> None:
+        refused = []
         for verb, group, resource, ns, obj in wanted:
             try:
                 if not self._allowed(verb, group, resource, ns, obj):
-                    denied.append((verb, group, resource, ns, obj))
+                    refused.append((verb, group, resource, ns, obj))
             except TRANSPORT_ERRORS as exc:
                 self.report.add(name, Status.FAIL, "SelfSubjectAccessReview failed: "
                                 f"{translate(exc, name, 'review')}", "check the API server and token")
                 return
-        if not denied:
+        if not refused:
             granted = ", ".join(f"{v} {r}" for v, _, r, _, _ in wanted)
             self.report.add(name, Status.OK, f"allowed: {granted}")
             return
-        what = ", ".join(f"{v} {r}{'/' + o if o else ''}" for v, _, r, _, o in denied)
+        what = ", ".join(f"{v} {r}{'/' + o if o else ''}" for v, _, r, _, o in refused)
         rules = "; ".join(f'verbs ["{v}"] on {r}{f" resourceNames [{o}]" if o else ""} '
                           f'(apiGroups ["{g}"]) {f"in namespace {ns}" if ns else "cluster-wide"}'
-                          for v, g, r, ns, o in denied)
-        kind = "Role" if all(ns for _, _, _, ns, _ in denied) else "ClusterRole"
-        self.report.add(name, Status.FAIL, f"denied: {what}",
-                        f"grant the syncer's ServiceAccount a {kind} with {rules}, and bind it")
+                          for v, g, r, ns, o in refused)
+        kind = "Role" if all(ns for _, _, _, ns, _ in refused) else "ClusterRole"
+        self.report.add(name, denied, f"denied: {what}",
+                        f"grant the syncer's ServiceAccount a {kind} with {rules}, and bind it{fallback}")
 
     def _allowed(self, verb: str, group: str, resource: str, namespace: str, name: str) -> bool:
         attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}

@@ -159,10 +159,12 @@ def test_list_secrets_needs_a_named_cluster_wide_grant(world: World, ngc: dict[s
                           kubernetes={"list_secrets": True})
     result, checks = checked(world, config)
     name = f"rbac list secrets named {NAME} (kubernetes.list_secrets)"
-    assert result.code == 1 and list(failed(checks)) == [name], result.out
-    assert failed(checks)[name]["hint"] == ("grant the syncer's ServiceAccount a ClusterRole with "
-                                            f'verbs ["list"] on secrets resourceNames [{NAME}] '
-                                            '(apiGroups [""]) cluster-wide, and bind it')
+    # A warning, not a failure: without the grant each cycle falls back to GETs.
+    assert result.code == 0 and not failed(checks) and checks[name]["status"] == "WARN", result.out
+    assert checks[name]["hint"] == ("grant the syncer's ServiceAccount a ClusterRole with "
+                                    f'verbs ["list"] on secrets resourceNames [{NAME}] '
+                                    '(apiGroups [""]) cluster-wide, and bind it; until then each '
+                                    "cycle falls back to one GET per namespace")
     world.kube.set_rules(SYNCER_TOKEN, [*rules, {"apiGroups": [""], "resources": ["secrets"],
                                                  "verbs": ["list"], "resourceNames": [NAME]}])
     result, checks = checked(world, config)
