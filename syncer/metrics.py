@@ -135,7 +135,8 @@ class Metrics:
         for target in summary.targets:
             key = _fanout_key(target.target)
             if target.target.namespace_selector and not target.target.namespace:
-                self.errors.labels("kubernetes").inc()  # the namespace LIST failed
+                if target.failed:  # the namespace LIST failed (not: skipped after a Vault error)
+                    self.errors.labels("kubernetes").inc()
                 seen.pop(key, None)  # the namespaces are unknown: keep last cycle's series
                 continue
             labels = (target.target.namespace, target.target.name or target.target.file)

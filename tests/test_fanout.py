@@ -234,3 +234,16 @@ def test_series_of_a_namespace_that_stops_matching_are_removed(world: World,
     text = generate_latest(reg).decode()
     assert 'secret_namespace="ml-a"' not in text
     assert metric_value(text, "syncer_secret_sync_success", secret_namespace="data-a", secret_name=NAME) == 1
+
+
+def test_a_vault_failure_is_not_counted_as_a_kubernetes_error(world: World) -> None:
+    """Vault has no such path: the fan-out target is skipped, which is a Vault error only."""
+    app = long_lived_app(fanout_config(world, {"host": "nvcr.io", "path": "missing",
+                                               "username": "$oauthtoken"}))
+    summary = app.syncer.run_once()
+    assert {t.outcome for t in summary.targets} == {TargetOutcome.SKIPPED}
+    reg = CollectorRegistry()
+    Metrics(reg, app.settings).observe(summary)
+    text = generate_latest(reg).decode()
+    assert metric_value(text, "syncer_errors_total", stage="vault") == 1
+    assert metric_value(text, "syncer_errors_total", stage="kubernetes") == 0
