@@ -23,8 +23,9 @@ from syncer.filetarget import FileStore
 from syncer.health import Health, Heartbeat, make_server
 from syncer.leader import LeaseElector
 from syncer.metrics import Metrics
+from syncer.report import Summary, events_for
 from syncer.scheduler import Daemon, StopWhen, run_period
-from syncer.sync import Summary, Syncer, events_for
+from syncer.sync import Syncer
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from prometheus_client import (
 from syncer import __version__
 from syncer.config import Settings, TargetSettings
 from syncer.probe import REASONS
-from syncer.sync import RegistryOutcome, RegistryReport, Summary, TargetOutcome, TargetReport
+from syncer.report import RegistryOutcome, RegistryReport, Summary, TargetOutcome, TargetReport
 
 PROBE_REASONS = tuple(r for r in REASONS if r) + ("http_4xx", "http_5xx")
 """Pre-created ``reason`` label values of syncer_registry_probe_failures_total."""

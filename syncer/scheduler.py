@@ -22,7 +22,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from syncer.config import ScheduleSettings
 from syncer.health import Health
 from syncer.metrics import Metrics
-from syncer.sync import Summary, Syncer
+from syncer.report import Summary
+from syncer.sync import Syncer
 
 log = logging.getLogger(__name__)
 

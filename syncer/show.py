@@ -18,7 +18,8 @@ from syncer.config import Settings, TargetSettings
 from syncer.credential import Credential
 from syncer.filetarget import FileStore
 from syncer.kube import FanOut, KubeError, SecretStore
-from syncer.sync import DETAIL_LIMIT, LAST_WRITE, MANAGED_HOSTS, document
+from syncer.report import DETAIL_LIMIT
+from syncer.sync import LAST_WRITE, MANAGED_HOSTS, document
 from syncer.text import json_safe, safe, safe_list
 from syncer.vault import VaultError, VaultSource
 

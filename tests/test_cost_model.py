@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from syncer.cli import App
-from syncer.sync import TargetOutcome
+from syncer.report import TargetOutcome
 from tests.support.httpcount import CountingProxy
 from tests.support.registry import Registry
 from tests.support.scale import USER, Login, label_namespaces, long_lived_app, probes, registries, rotate

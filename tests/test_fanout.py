@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from syncer import config as config_mod
 from syncer.metrics import Metrics
-from syncer.sync import TargetOutcome
+from syncer.report import TargetOutcome
 from tests.support.scale import USER, label_namespaces, long_lived_app
 from tests.support.world import World, metric_value, sentinel
 

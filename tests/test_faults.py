@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from syncer import config as config_mod
 from syncer.cli import App, build_app
 from syncer.metrics import Metrics
-from syncer.sync import Summary
+from syncer.report import Summary
 from tests.support.net import free_port
 from tests.support.proxy import FaultProxy
 from tests.support.registry import FakeServer, Incoming, Reply

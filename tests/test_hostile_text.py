@@ -19,14 +19,14 @@ import pytest
 import requests
 
 from syncer.config import TargetSettings
-from syncer.sync import (
+from syncer.report import (
     DETAIL_LIMIT,
-    MANAGED_HOSTS,
     RegistryOutcome,
     RegistryReport,
     TargetOutcome,
     TargetReport,
 )
+from syncer.sync import MANAGED_HOSTS
 from tests.support.operator import run_cmd
 from tests.support.registry import Reply
 from tests.support.world import World, sentinel
