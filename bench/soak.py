@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 import trustme  # noqa: E402
 
-from syncer.config import parse_duration  # noqa: E402
+from syncer.config_parse import parse_duration  # noqa: E402
 from tests.support.kubeapi import KubeAPIServer  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.proxy import FaultProxy  # noqa: E402

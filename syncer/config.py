@@ -9,8 +9,6 @@ caller passes in: nothing else in the package reads the environment.
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -20,6 +18,7 @@ from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 
+from syncer.config_parse import HOST, Section, name_problem, selector_problem
 from syncer.hosts import normalize_key
 from syncer.proxies import proxy_problem
 
@@ -313,171 +312,10 @@ class Settings:
         return target.registries or tuple(r.host for r in self.registries)
 
 
-# --------------------------------------------------------------------------- parsing helpers
-
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-_HOST = re.compile(r"^(https://)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?(/[^\s\x00-\x1f\x7f-\x9f]*)?\Z")
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_DNS_LABEL_ONLY = re.compile(rf"^{_DNS_LABEL}$")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_SET_TERM = re.compile(r"^(\S+)\s+(in|notin)\s*\(([^()]*)\)$")
-
-
-def name_problem(value: str, label: bool = False) -> str:
-    """Why ``value`` is not a Kubernetes object name, or "". Objects (Secrets, ServiceAccounts,
-    Leases) need a DNS-1123 subdomain (<= 253, labels of lowercase alphanumerics and '-' joined
-    by single dots); namespaces a DNS-1123 label (<= 63, no dot). The API server answers 422."""
-    if label:
-        if len(value) > 63 or not _DNS_LABEL_ONLY.match(value):
-            return ("is not a valid namespace name: a DNS-1123 label (at most 63 lowercase "
-                    f"letters, digits and '-', starting and ending with a letter or digit; got {value!r})")
-        return ""
-    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
-        return ("is not a valid Kubernetes name: a DNS-1123 subdomain (at most 253 lowercase "
-                "letters, digits, '-' and '.', each dot-separated part starting and ending with a "
-                f"letter or digit; got {value!r})")
-    return ""
-
-
-def selector_problem(selector: str) -> str:
-    """Why a Kubernetes label selector (``k=v``, ``k!=v``, ``k in (a,b)``, ``k notin (a)``,
-    ``k``, ``!k``, comma = AND) would be refused by the API server; empty when it is valid."""
-    terms, depth, current = [], 0, ""
-    for ch in selector:
-        depth += (ch == "(") - (ch == ")")
-        if ch == "," and depth == 0:
-            terms.append(current)
-            current = ""
-        else:
-            current += ch
-    terms.append(current)
-    for raw in terms:
-        term = raw.strip()
-        values: list[str] = []
-        if match := _SET_TERM.match(term):
-            key, values = match.group(1), [v.strip() for v in match.group(3).split(",")]
-            if values == [""]:
-                return f"is not a label selector: empty value set in {term!r}"
-        elif term.startswith("!"):
-            key = term[1:].strip()
-        elif "=" in term:
-            key, _, value = re.split(r"(!=|==|=)", term, maxsplit=1)
-            key, values = key.strip(), [value.strip()]
-        else:
-            key = term
-        if not _LABEL_KEY.match(key) or len(key) > 317:
-            return f"is not a label selector: bad key in {term!r}"
-        if not all(_LABEL_VALUE.match(v) for v in values):
-            return f"is not a label selector: bad value in {term!r}"
-    return ""
-
-
-def parse_duration(value: object) -> float:
-    """``"90s"``, ``"5m"``, ``"1h30m"``, ``"250ms"`` or a number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
-    if isinstance(value, int | float):
-        # TOML allows nan, inf and integers too large for a float: none is a duration.
-        if isinstance(value, int) and abs(value) > 10**12 or not math.isfinite(value):
-            raise ValueError("must be a finite number of seconds")
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if match and any(match.groups()):
-            h, m, s, ms = (int(g or 0) for g in match.groups())
-            return h * 3600 + m * 60 + s + ms / 1000
-    raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
-
-
-class _Section:
-    """Typed access to one TOML table that records problems instead of raising."""
-
-    def __init__(self, data: object, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        self.data: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
-        self.seen: set[str] = set()
-        if not isinstance(data, Mapping):
-            self.problem("", "must be a table")
-
-    def key(self, name: str) -> str:
-        # Odd keys (spaces, dots, control characters, empty) are shown quoted, as TOML writes them.
-        shown = name if _BARE_KEY.match(name) else json.dumps(name)
-        return f"{self.path}.{shown}" if self.path else shown
-
-    def problem(self, name: str, message: str) -> None:
-        self.problems.append(f"{self.key(name) if name else self.path}: {message}")
-
-    def _get(self, name: str, default: Any, types: tuple[type, ...], what: str) -> Any:
-        self.seen.add(name)
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        if isinstance(value, bool) and bool not in types:
-            self.problem(name, f"must be {what}")
-            return default
-        if not isinstance(value, types):
-            self.problem(name, f"must be {what}")
-            return default
-        return value
-
-    def get_str(self, name: str, default: str = "") -> str:
-        return str(self._get(name, default, (str,), "a string"))
-
-    def get_bool(self, name: str, default: bool) -> bool:
-        return bool(self._get(name, default, (bool,), "true or false"))
-
-    def get_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
-        value = int(self._get(name, default, (int,), "an integer"))
-        if not minimum <= value <= maximum:
-            self.problem(name, f"must be between {minimum} and {maximum}")
-            return default
-        return value
-
-    def get_duration(self, name: str, default: float, positive: bool = True) -> float:
-        self.seen.add(name)
-        if name not in self.data:
-            return default
-        try:
-            value = parse_duration(self.data[name])
-        except ValueError as exc:
-            self.problem(name, str(exc))
-            return default
-        if positive and value <= 0:
-            self.problem(name, "must be greater than zero")
-            return default
-        return value
-
-    def get_str_list(self, name: str) -> tuple[str, ...]:
-        value = self._get(name, [], (list,), "a list of strings")
-        if not all(isinstance(v, str) for v in value):
-            self.problem(name, "must be a list of strings")
-            return ()
-        return tuple(value)
-
-    def table(self, name: str) -> _Section:
-        self.seen.add(name)
-        return _Section(self.data.get(name, {}), self.key(name), self.problems)
-
-    def table_list(self, name: str) -> list[_Section]:
-        value = self._get(name, [], (list,), "an array of tables ([[" + name + "]])")
-        return [_Section(item, f"{self.key(name)}[{i}]", self.problems) for i, item in enumerate(value)]
-
-    def finish(self) -> None:
-        """Report keys nobody asked for: usually typos."""
-        for unknown in sorted(set(self.data) - self.seen):
-            self.problems.append(f"{self.key(unknown)}: unknown key")
-
-
 # --------------------------------------------------------------------------- sections
 
 
-def _vault_auth(sec: _Section, env: Mapping[str, str], present: bool) -> VaultAuthSettings:
+def _vault_auth(sec: Section, env: Mapping[str, str], present: bool) -> VaultAuthSettings:
     # VAULT_TOKEN alone selects token auth, as every Vault client does; any [vault.auth]
     # table is explicit configuration and wins.
     method = sec.get_str("method", "token" if env.get("VAULT_TOKEN") and not present else "kubernetes")
@@ -511,12 +349,12 @@ def _vault_auth(sec: _Section, env: Mapping[str, str], present: bool) -> VaultAu
     return auth
 
 
-def _url(sec: _Section, name: str, value: str) -> None:
+def _url(sec: Section, name: str, value: str) -> None:
     if value and not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
         sec.problem(name, f"must be an http(s) URL (got {value!r})")
 
 
-def _vault(sec: _Section, env: Mapping[str, str]) -> VaultSettings:
+def _vault(sec: Section, env: Mapping[str, str]) -> VaultSettings:
     address = sec.get_str("address") or env.get("VAULT_ADDR", "")
     if not address:
         sec.problem("address", "is required (or set VAULT_ADDR)")
@@ -539,7 +377,7 @@ def _vault(sec: _Section, env: Mapping[str, str]) -> VaultSettings:
     return settings
 
 
-def _kubernetes(sec: _Section) -> KubernetesSettings:
+def _kubernetes(sec: Section) -> KubernetesSettings:
     settings = KubernetesSettings(
         kubeconfig=sec.get_str("kubeconfig"),
         context=sec.get_str("context"),
@@ -552,7 +390,7 @@ def _kubernetes(sec: _Section) -> KubernetesSettings:
     return settings
 
 
-def _probe(sec: _Section) -> ProbeSettings:
+def _probe(sec: Section) -> ProbeSettings:
     settings = ProbeSettings(
         enabled=sec.get_bool("enabled", True),
         timeout=sec.get_duration("timeout", 10.0),
@@ -569,7 +407,7 @@ def _probe(sec: _Section) -> ProbeSettings:
     return settings
 
 
-def _schedule(sec: _Section) -> ScheduleSettings:
+def _schedule(sec: Section) -> ScheduleSettings:
     settings = ScheduleSettings(
         interval=sec.get_duration("interval", 300.0),
         jitter=sec.get_duration("jitter", 30.0, positive=False),
@@ -592,7 +430,7 @@ def _schedule(sec: _Section) -> ScheduleSettings:
     return settings
 
 
-def _leader_election(sec: _Section, env: Mapping[str, str]) -> LeaderElectionSettings:
+def _leader_election(sec: Section, env: Mapping[str, str]) -> LeaderElectionSettings:
     settings = LeaderElectionSettings(
         enabled=sec.get_bool("enabled", False),
         namespace=sec.get_str("namespace"),
@@ -618,7 +456,7 @@ def _leader_election(sec: _Section, env: Mapping[str, str]) -> LeaderElectionSet
     return settings
 
 
-def _metrics(sec: _Section) -> MetricsSettings:
+def _metrics(sec: Section) -> MetricsSettings:
     listen = sec.get_str("listen", "0.0.0.0:9102")
     host, _, port = listen.rpartition(":")
     if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
@@ -635,7 +473,7 @@ def _metrics(sec: _Section) -> MetricsSettings:
                            max_connections=connections)
 
 
-def _sync(sec: _Section) -> SyncSettings:
+def _sync(sec: Section) -> SyncSettings:
     settings = SyncSettings(
         conflict_retries=sec.get_int("conflict_retries", 5, 0, 50),
         concurrency=sec.get_int("concurrency", 16, 1, 256),
@@ -644,14 +482,14 @@ def _sync(sec: _Section) -> SyncSettings:
     return settings
 
 
-def _registry(sec: _Section) -> RegistrySettings:
+def _registry(sec: Section) -> RegistrySettings:
     host = sec.get_str("host")
     path = sec.get_str("path").strip("/")
     if not host:
         sec.problem("host", "is required")
     elif host.startswith("http://"):
         sec.problem("host", "plain-HTTP registries are refused; the registry must serve HTTPS")
-    elif not _HOST.match(host):
+    elif not HOST.match(host):
         sec.problem("host", f"is not a registry host (got {host!r})")
     if not path:
         sec.problem("path", "is required")
@@ -670,7 +508,7 @@ def _registry(sec: _Section) -> RegistrySettings:
     return settings
 
 
-def _target(sec: _Section, hosts: set[str]) -> TargetSettings:
+def _target(sec: Section, hosts: set[str]) -> TargetSettings:
     target = TargetSettings(
         namespace=sec.get_str("namespace"),
         name=sec.get_str("name"),
@@ -706,7 +544,7 @@ def _target(sec: _Section, hosts: set[str]) -> TargetSettings:
     return target
 
 
-def _file_target(sec: _Section, target: TargetSettings) -> None:
+def _file_target(sec: Section, target: TargetSettings) -> None:
     """A file target names a path and nothing Kubernetes-specific."""
     if not target.file:
         return
@@ -732,7 +570,7 @@ def _unique(items: list[Any], key: Callable[[Any], Any], path: str, what: str,
 def from_mapping(data: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
     """Validate parsed TOML. Raises ConfigError listing every problem."""
     problems: list[str] = []
-    root = _Section(data, "", problems)
+    root = Section(data, "", problems)
     vault = _vault(root.table("vault"), env)
     registries = [_registry(s) for s in root.table_list("registries")]
     hosts = {r.host for r in registries}

@@ -25,7 +25,7 @@ def normalize_key(key: str) -> str:
     return host.lower() + sep + path
 
 
-# A registry host as config validation accepts it (see config._HOST), but anchored with \Z and
+# A registry host as config validation accepts it (see config_parse.HOST), but anchored with \Z and
 # with the path limited to printable ASCII, so text read back from a Secret (the managed-hosts
 # annotation, which tenants can edit) is taken only when it could have been written by us.
 _REGISTRY_HOST = re.compile(

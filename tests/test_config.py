@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from syncer import config
+from syncer import config, config_parse
 from syncer.cli import main
 
 GOOD = """
@@ -123,13 +123,13 @@ def test_env_fallbacks() -> None:
 @pytest.mark.parametrize(("text", "seconds"), [
     ("90s", 90), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), (42, 42), ("2h", 7200)])
 def test_durations(text: object, seconds: float) -> None:
-    assert config.parse_duration(text) == seconds
+    assert config_parse.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("bad", ["", "5", "m", "1d", "-3s", True, -1, "5 m"])
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError):
-        config.parse_duration(bad)
+        config_parse.parse_duration(bad)
 
 
 def test_cli_exit_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,7 +235,7 @@ def test_lease_duration_under_one_second_is_a_config_error(duration: str, ok: bo
         assert config.from_mapping(tomllib.loads(text), {}).leader_election.enabled
         return
     assert problems_of(text) == [f"leader_election.lease_duration: must be at least 1s (the Lease holds "
-                                 f"whole seconds; got {config.parse_duration(duration):g}s)"]
+                                 f"whole seconds; got {config_parse.parse_duration(duration):g}s)"]
 
 
 def test_lease_names_are_dns_1123() -> None:

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncer.cli import main
-from syncer.config import ConfigError, Settings, from_mapping, parse_duration
+from syncer.config import ConfigError, Settings, from_mapping
+from syncer.config_parse import parse_duration
 
 ENV: dict[str, str] = {}
 

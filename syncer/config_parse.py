@@ -1,0 +1,171 @@
+"""Reading config values: one TOML table at a time (``Section``), with key paths for every
+problem, and the value checks (durations, Kubernetes names, label selectors, registry hosts).
+
+Pure: no I/O. ``config`` builds the settings objects from these.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+HOST = re.compile(r"^(https://)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?(/[^\s\x00-\x1f\x7f-\x9f]*)?\Z")
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_DNS_LABEL_ONLY = re.compile(rf"^{_DNS_LABEL}$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_SET_TERM = re.compile(r"^(\S+)\s+(in|notin)\s*\(([^()]*)\)$")
+
+
+def name_problem(value: str, label: bool = False) -> str:
+    """Why ``value`` is not a Kubernetes object name, or "". Objects (Secrets, ServiceAccounts,
+    Leases) need a DNS-1123 subdomain (<= 253, labels of lowercase alphanumerics and '-' joined
+    by single dots); namespaces a DNS-1123 label (<= 63, no dot). The API server answers 422."""
+    if label:
+        if len(value) > 63 or not _DNS_LABEL_ONLY.match(value):
+            return ("is not a valid namespace name: a DNS-1123 label (at most 63 lowercase "
+                    f"letters, digits and '-', starting and ending with a letter or digit; got {value!r})")
+        return ""
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        return ("is not a valid Kubernetes name: a DNS-1123 subdomain (at most 253 lowercase "
+                "letters, digits, '-' and '.', each dot-separated part starting and ending with a "
+                f"letter or digit; got {value!r})")
+    return ""
+
+
+def selector_problem(selector: str) -> str:
+    """Why a Kubernetes label selector (``k=v``, ``k!=v``, ``k in (a,b)``, ``k notin (a)``,
+    ``k``, ``!k``, comma = AND) would be refused by the API server; empty when it is valid."""
+    terms, depth, current = [], 0, ""
+    for ch in selector:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            terms.append(current)
+            current = ""
+        else:
+            current += ch
+    terms.append(current)
+    for raw in terms:
+        term = raw.strip()
+        values: list[str] = []
+        if match := _SET_TERM.match(term):
+            key, values = match.group(1), [v.strip() for v in match.group(3).split(",")]
+            if values == [""]:
+                return f"is not a label selector: empty value set in {term!r}"
+        elif term.startswith("!"):
+            key = term[1:].strip()
+        elif "=" in term:
+            key, _, value = re.split(r"(!=|==|=)", term, maxsplit=1)
+            key, values = key.strip(), [value.strip()]
+        else:
+            key = term
+        if not _LABEL_KEY.match(key) or len(key) > 317:
+            return f"is not a label selector: bad key in {term!r}"
+        if not all(_LABEL_VALUE.match(v) for v in values):
+            return f"is not a label selector: bad value in {term!r}"
+    return ""
+
+
+def parse_duration(value: object) -> float:
+    """``"90s"``, ``"5m"``, ``"1h30m"``, ``"250ms"`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
+    if isinstance(value, int | float):
+        # TOML allows nan, inf and integers too large for a float: none is a duration.
+        if isinstance(value, int) and abs(value) > 10**12 or not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match and any(match.groups()):
+            h, m, s, ms = (int(g or 0) for g in match.groups())
+            return h * 3600 + m * 60 + s + ms / 1000
+    raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
+
+
+class Section:
+    """Typed access to one TOML table that records problems instead of raising."""
+
+    def __init__(self, data: object, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        self.data: Mapping[str, Any] = data if isinstance(data, Mapping) else {}
+        self.seen: set[str] = set()
+        if not isinstance(data, Mapping):
+            self.problem("", "must be a table")
+
+    def key(self, name: str) -> str:
+        # Odd keys (spaces, dots, control characters, empty) are shown quoted, as TOML writes them.
+        shown = name if _BARE_KEY.match(name) else json.dumps(name)
+        return f"{self.path}.{shown}" if self.path else shown
+
+    def problem(self, name: str, message: str) -> None:
+        self.problems.append(f"{self.key(name) if name else self.path}: {message}")
+
+    def _get(self, name: str, default: Any, types: tuple[type, ...], what: str) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if isinstance(value, bool) and bool not in types:
+            self.problem(name, f"must be {what}")
+            return default
+        if not isinstance(value, types):
+            self.problem(name, f"must be {what}")
+            return default
+        return value
+
+    def get_str(self, name: str, default: str = "") -> str:
+        return str(self._get(name, default, (str,), "a string"))
+
+    def get_bool(self, name: str, default: bool) -> bool:
+        return bool(self._get(name, default, (bool,), "true or false"))
+
+    def get_int(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        value = int(self._get(name, default, (int,), "an integer"))
+        if not minimum <= value <= maximum:
+            self.problem(name, f"must be between {minimum} and {maximum}")
+            return default
+        return value
+
+    def get_duration(self, name: str, default: float, positive: bool = True) -> float:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        try:
+            value = parse_duration(self.data[name])
+        except ValueError as exc:
+            self.problem(name, str(exc))
+            return default
+        if positive and value <= 0:
+            self.problem(name, "must be greater than zero")
+            return default
+        return value
+
+    def get_str_list(self, name: str) -> tuple[str, ...]:
+        value = self._get(name, [], (list,), "a list of strings")
+        if not all(isinstance(v, str) for v in value):
+            self.problem(name, "must be a list of strings")
+            return ()
+        return tuple(value)
+
+    def table(self, name: str) -> Section:
+        self.seen.add(name)
+        return Section(self.data.get(name, {}), self.key(name), self.problems)
+
+    def table_list(self, name: str) -> list[Section]:
+        value = self._get(name, [], (list,), "an array of tables ([[" + name + "]])")
+        return [Section(item, f"{self.key(name)}[{i}]", self.problems) for i, item in enumerate(value)]
+
+    def finish(self) -> None:
+        """Report keys nobody asked for: usually typos."""
+        for unknown in sorted(set(self.data) - self.seen):
+            self.problems.append(f"{self.key(unknown)}: unknown key")
