@@ -45,6 +45,7 @@ helm: $(BIN)/helm
 $(BIN)/helm: scripts/install_helm.py | $(VENV)/.installed
 	$(BIN)/python scripts/install_helm.py --dest $@
 
-# Render the chart with the values that reproduce the kustomize base (scripts/render_manifests.py).
+# Rewrite the kustomize files of deploy/ from the chart (scripts/render_manifests.py LAYOUT);
+# tests/test_chart.py runs `render_manifests.py --check` and fails when they drift.
 manifests: helm
-	$(BIN)/python scripts/render_manifests.py --out deploy/rendered
+	$(BIN)/python scripts/render_manifests.py
