@@ -48,28 +48,33 @@ class Rendering:
 
 
 BASE = Rendering(("deploy/chart/base-values.yaml",))
-EXAMPLES = "deploy/chart/registry-credential-syncer/examples"
+DOMINO = Rendering(("deploy/chart/registry-credential-syncer/examples/domino.yaml",))
+FANOUT = Rendering(("deploy/chart/registry-credential-syncer/examples/fanout.yaml",))
+
+
+def bound(kind: str, suffix: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """A Role (or ClusterRole) and its binding, named <release>-<suffix>."""
+    return (kind, f"{RELEASE}-{suffix}"), (f"{kind}Binding", f"{RELEASE}-{suffix}")
+
+
 #: deploy/ file -> (the rendering, the objects in it, as (kind, name); CONFIG = its config.toml).
 LAYOUT: dict[str, tuple[Rendering, tuple[tuple[str, str], ...]]] = {
     "deploy/base/config.toml": (BASE, (CONFIG,)),
     "deploy/base/serviceaccount.yaml": (BASE, (("ServiceAccount", RELEASE),)),
-    "deploy/base/rbac-leader-election.yaml": (BASE, (("Role", f"{RELEASE}-leader-election"),
-                                                     ("RoleBinding", f"{RELEASE}-leader-election"))),
-    "deploy/base/rbac-target.yaml": (BASE, (("Role", f"{RELEASE}-target"), ("RoleBinding", f"{RELEASE}-target"))),
+    "deploy/base/rbac-leader-election.yaml": (BASE, bound("Role", "leader-election")),
+    "deploy/base/rbac-target.yaml": (BASE, bound("Role", "target")),
     "deploy/base/deployment.yaml": (BASE, (("Deployment", RELEASE),)),
     "deploy/base/pdb.yaml": (BASE, (("PodDisruptionBudget", RELEASE),)),
     "deploy/base/service.yaml": (BASE, (("Service", RELEASE),)),
     "deploy/base/networkpolicy.yaml": (BASE, (("NetworkPolicy", RELEASE),)),
-    "deploy/components/cronjob/cronjob.yaml": (Rendering(BASE.values, ("mode=cronjob",)), (("CronJob", RELEASE),)),
+    "deploy/components/cronjob/cronjob.yaml": (
+        Rendering(BASE.values, ("mode=cronjob",)), (("CronJob", RELEASE),)),
     "deploy/overlays/monitoring/servicemonitor.yaml": (
         Rendering(BASE.values, ("metrics.serviceMonitor.enabled=true",)), (("ServiceMonitor", RELEASE),)),
-    "deploy/overlays/domino/config.toml": (Rendering((f"{EXAMPLES}/domino.yaml",)), (CONFIG,)),
-    "deploy/overlays/domino/rbac-target.yaml": (
-        Rendering((f"{EXAMPLES}/domino.yaml",)), (("Role", f"{RELEASE}-target"), ("RoleBinding", f"{RELEASE}-target"))),
-    "deploy/overlays/fanout/config.toml": (Rendering((f"{EXAMPLES}/fanout.yaml",)), (CONFIG,)),
-    "deploy/overlays/fanout/rbac-fanout.yaml": (
-        Rendering((f"{EXAMPLES}/fanout.yaml",)),
-        (("ClusterRole", f"{RELEASE}-fanout"), ("ClusterRoleBinding", f"{RELEASE}-fanout"))),
+    "deploy/overlays/domino/config.toml": (DOMINO, (CONFIG,)),
+    "deploy/overlays/domino/rbac-target.yaml": (DOMINO, bound("Role", "target")),
+    "deploy/overlays/fanout/config.toml": (FANOUT, (CONFIG,)),
+    "deploy/overlays/fanout/rbac-fanout.yaml": (FANOUT, bound("ClusterRole", "fanout")),
 }
 
 
