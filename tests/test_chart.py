@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from syncer import config as config_mod
 from tests.support.scenario import make_world, ngc_login, registry_spec
-from tests.support.world import SYNCER_TOKEN, World
+from tests.support.vault_fixtures import reg
+from tests.support.world import SYNCER_TOKEN, Result, World
 from tests.test_deploy import (
     DEPLOY,
     assert_hardened,
@@ -43,6 +45,7 @@ from tests.test_deploy import (
     settings_of,
     validate_objects,
     workload_of,
+    write_config,
 )
 
 CHART = DEPLOY / "chart" / "registry-credential-syncer"
@@ -502,6 +505,168 @@ def test_without_a_rendered_rule_the_sync_fails_cleanly(
     assert "forbidden" in result.out
     assert "Traceback" not in result.out + result.err
     assert world.kube.get_secret("domino-compute", "domino-quay-repos") == before
+
+
+# ------------------------------------------------------------------------------ CronJob replay
+
+
+def cronjob_config(world: World, objects: list[dict[str, Any]], login: dict[str, Any]) -> Path:
+    """The CronJob's config.toml as the chart renders it, every section and target kept, with the
+    test's servers standing in: Vault (token auth for the projected token), the API server (a
+    kubeconfig with the syncer's token), the registries' CA, and the htpasswd registry for nvcr.io."""
+    data = tomllib.loads(config_text(objects))
+    assert "leader_election" not in data and "metrics" not in data, "a --once run has neither"
+    (ngc,) = data["registries"]
+    assert ngc["host"] == "nvcr.io"
+    ngc.update(host=login["host"], path=world.path(login["path"]))
+    data["vault"].update(address=world.bao.address, timeout="5s")
+    data["vault"]["auth"] = {"method": "token", "token_file": str(world.token_file)}
+    data["kubernetes"].update(kubeconfig=world.kubeconfig, timeout="5s")
+    data["probe"].update(ca_cert=world.ca_file, timeout="5s", retries=0)
+    return write_config(world, data)
+
+
+def run_cronjob(world: World, objects: list[dict[str, Any]], config: Path) -> Result:
+    """The CronJob's container as the kubelet starts it: the image's entrypoint (`syncer`) with
+    the rendered args and environment, the mounted config file standing at ``config``."""
+    workload = one(objects, "CronJob")
+    c, env = container(workload), env_of(workload)
+    assert "command" not in c, "the image's ENTRYPOINT (syncer) runs"
+    mounted = env["SYNCER_CONFIG"]
+    argv = [str(config) if arg == mounted else arg for arg in c["args"]]
+    assert argv != c["args"] and "--once" in argv
+    return world.run_argv(argv, env={**env, "SYNCER_CONFIG": str(config)})
+
+
+def test_cronjob_rbac_is_enough_for_its_real_run(chart_world: dict[str, Any]) -> None:
+    """The CronJob mode's RBAC alone (no Lease rules) lets its container's command create and fill
+    the example target; every request is allowed."""
+    world, login = chart_world["world"], chart_world["login"]
+    world.kube.add_namespace("apps")
+    objects = template("cronjob")
+    rules = chart_rules(objects)
+    assert not [r for r in rules if "leases" in r["resources"]]
+    world.kube.set_rules(SYNCER_TOKEN, rules)
+    world.kube.reset_requests()
+    result = run_cronjob(world, objects, cronjob_config(world, objects, login))
+    assert result.code == 0, result.out + result.err
+    assert denied(world) == []
+    assert world.secret_doc("apps", "registry-pull")["auths"][login["host"]]["password"] == login["_key"]
+
+
+@pytest.mark.parametrize(("resource", "verb"), [
+    ("secrets", "create"), ("secrets", "get"), ("events", "create"), (None, None)])
+def test_cronjob_without_its_rules_fails_cleanly(chart_world: dict[str, Any], resource: str | None,
+                                                 verb: str | None) -> None:
+    """One rendered verb fewer (or no RBAC at all): exit 1 naming the target or the Events, no
+    traceback, and no secret written."""
+    world, login = chart_world["world"], chart_world["login"]
+    world.kube.add_namespace("apps")
+    objects = template("cronjob")
+    rules = [] if resource is None else [
+        {**r, "verbs": [v for v in r["verbs"] if v != verb]} if r["resources"] == [resource] else r
+        for r in chart_rules(objects)]
+    assert granted_rules(rules) < granted_rules(chart_rules(objects))
+    world.kube.set_rules(SYNCER_TOKEN, rules)
+    result = run_cronjob(world, objects, cronjob_config(world, objects, login))
+    assert "Traceback" not in result.out + result.err
+    if resource == "events":  # Events are best effort: the sync succeeds and says the Event failed
+        output = result.out + result.err
+        assert result.code == 0 and "forbidden" in output.lower(), output
+        assert world.secret_doc("apps", "registry-pull")["auths"][login["host"]]["password"] == login["_key"]
+        return
+    assert result.code == 1, result.out + result.err
+    assert "target apps/registry-pull: failed" in result.out and "forbidden" in result.out, result.out
+    assert world.kube.get_secret("apps", "registry-pull") is None
+
+
+# ------------------------------------------------------------------ Vault credentials from Secrets
+
+
+def kubelet_files(objects: list[dict[str, Any]], secrets: dict[str, dict[str, str]], root: Path) -> None:
+    """Write what the kubelet mounts for the pod's Secret volumes below ``root`` (keys -> paths,
+    defaultMode), failing on a volume whose Secret or key does not exist, as the kubelet does."""
+    workload = workload_of(objects)
+    mounts = {m["name"]: m for m in container(workload)["volumeMounts"]}
+    for volume in pod_spec(workload)["volumes"]:
+        if "secret" not in volume:
+            continue
+        source = volume["secret"]
+        data = secrets[source["secretName"]]
+        assert mounts[volume["name"]].get("readOnly") is True, volume["name"]
+        directory = root / mounts[volume["name"]]["mountPath"].lstrip("/")
+        directory.mkdir(parents=True, exist_ok=True)
+        for item in source["items"]:
+            path = directory / item["path"]
+            path.write_text(data[item["key"]])
+            path.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+
+
+def rooted_settings(objects: list[dict[str, Any]], root: Path) -> config_mod.Settings:
+    """The chart's settings with every mounted path below ``root``."""
+    text = config_text(objects).replace('"/var/run/secrets/', f'"{root}/var/run/secrets/')
+    return config_mod.from_mapping(tomllib.loads(text), env_of(workload_of(objects)))
+
+
+def test_vault_cert_auth_from_an_existing_tls_secret(bao_tls: Any, bao_paths: Any, ca: Any, ca_file: str,
+                                                     tmp_path: Path, sources: Any) -> None:
+    """method cert: the client cert and key of a kubernetes.io/tls Secret and Vault's CA from
+    another Secret, mounted read-only (0400), log in to a real OpenBao's TLS cert auth."""
+    client_ca = trustme.CA()
+    issued = client_ca.issue_cert("registry-syncer.example.com", common_name="registry-syncer")
+    path, mount = bao_paths.kv(), bao_paths.name("cert")
+    bao_tls.kv_put(path, {"username": "u", "password": "PASSWORD-SENTINEL-chartcert"})
+    bao_tls.enable_cert_auth(mount, client_ca.cert_pem.bytes().decode(), role="syncer",
+                             policies=[bao_tls.read_policy([path])])
+    objects = template("default", "vaultAuth.method=cert", f"vaultAuth.mount={mount}",
+                       "vaultAuth.role=syncer", "vaultAuth.existingSecret.name=vault-client",
+                       "vaultCA.secretName=vault-ca", f"config.vault.address={bao_tls.tls_address}")
+    validate_objects(objects)
+    volumes = {v["name"]: v for v in pod_spec(workload_of(objects))["volumes"]}
+    assert "projected" not in volumes["vault-token"], "no ServiceAccount token for Vault"
+    assert "VAULT" not in json.dumps(container(workload_of(objects))["env"])
+    kubelet_files(objects, {
+        "vault-client": {"tls.crt": issued.cert_chain_pems[0].bytes().decode(),
+                         "tls.key": issued.private_key_pem.bytes().decode()},
+        "vault-ca": {"ca.crt": Path(ca_file).read_text()}}, tmp_path)
+    key = tmp_path / "var/run/secrets/vault/client.key"
+    assert key.stat().st_mode & 0o777 == 0o400
+    settings = rooted_settings(objects, tmp_path)
+    assert (settings.vault.auth.method, settings.vault.auth.role) == ("cert", "syncer")
+    assert settings.vault.ca_cert == f"{tmp_path}/var/run/secrets/vault-ca/ca.crt"
+    assert sources(settings.vault).read(reg(path)).credential.password == "PASSWORD-SENTINEL-chartcert"
+
+
+def test_vault_approle_secret_id_from_an_existing_secret(bao: Any, bao_paths: Any, tmp_path: Path,
+                                                         sources: Any) -> None:
+    """method approle: roleId as a value, the secret ID from a Secret file, a real AppRole login."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "PASSWORD-SENTINEL-chartapprole"})
+    mount = bao_paths.name("approle")
+    role_id, secret_id = bao.enable_approle(mount, policies=[bao.read_policy([path])])
+    objects = template("default", "vaultAuth.method=approle", f"vaultAuth.mount={mount}",
+                       f"vaultAuth.roleId={role_id}", "vaultAuth.existingSecret.name=vault-approle",
+                       "vaultAuth.existingSecret.key=secret-id", f"config.vault.address={bao.address}")
+    validate_objects(objects)
+    assert secret_id not in json.dumps(objects), "the secret ID is never in a rendered object"
+    kubelet_files(objects, {"vault-approle": {"secret-id": secret_id}}, tmp_path)
+    settings = rooted_settings(objects, tmp_path)
+    assert settings.vault.auth.role_id == role_id
+    assert sources(settings.vault).read(reg(path)).credential.password == "PASSWORD-SENTINEL-chartapprole"
+
+
+@pytest.mark.parametrize(("sets", "problem"), [
+    (("vaultAuth.method=cert",), "vaultAuth.existingSecret.name is required for method cert"),
+    (("vaultAuth.method=approle", "vaultAuth.existingSecret.name=s"), "vaultAuth.roleId is required"),
+    (("vaultCA.secretName=a", "vaultCA.configMapName=b"), "set secretName or configMapName, not both"),
+    (("vaultAuth.method=ldap",), "vaultAuth.method"),
+])
+def test_incomplete_vault_auth_values_are_refused(sets: tuple[str, ...], problem: str) -> None:
+    argv = ["template", RELEASE, str(CHART)]
+    for item in sets:
+        argv += ["--set", item]
+    out = helm(*argv)
+    assert out.returncode != 0 and problem in out.stderr, out.stderr
 
 
 def test_chart_names_are_dns_labels() -> None:
