@@ -292,7 +292,8 @@ def test_selector_labels_do_not_change_with_values() -> None:
     """helm upgrade cannot change a Deployment's selector: no value may move it."""
     base = template("default")
     changed = template("default", "image.tag=9.9.9", "config.probe.retries=5", "replicas=3",
-                       "podLabels.team=ml", "leaderElection.leaseDuration=20s")
+                       "podLabels.team=ml", "leaderElection.leaseDuration=20s", "fullnameOverride=syncer",
+                       "vaultAuth.method=jwt", "networkPolicy.enabled=true", "metrics.port=9200")
     for objects in (base, changed):
         deployment = one(objects, "Deployment")
         assert deployment["spec"]["selector"]["matchLabels"] == SELECTOR
@@ -305,6 +306,37 @@ def test_selector_labels_do_not_change_with_values() -> None:
     old, new = (one(o, "Deployment")["spec"]["template"]["metadata"]["annotations"][annotation]
                 for o in (base, changed))
     assert old != new
+
+
+def test_only_name_override_moves_the_selector_and_the_docs_say_so() -> None:
+    """nameOverride is the one value in the selector (app.kubernetes.io/name): install-time only."""
+    moved = one(template("default", "nameOverride=rcs"), "Deployment")["spec"]["selector"]["matchLabels"]
+    assert moved == {**SELECTOR, "app.kubernetes.io/name": "rcs"}
+    readme = (CHART / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `nameOverride`"))
+    assert "selector" in row and "install" in row, row
+
+
+@pytest.mark.parametrize("mode", ["default", "cronjob"])
+def test_scheduling_and_account_values_reach_the_pod(mode: str, tmp_path: Path) -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
+    values = {"nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [toleration],
+              "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                  "nodeSelectorTerms": [{"matchExpressions": [
+                      {"key": "node-role", "operator": "In", "values": ["infra"]}]}]}}},
+              "priorityClassName": "system-cluster-critical", "imagePullSecrets": [{"name": "own-pull"}],
+              "serviceAccount": {"create": False, "name": "existing-sa"}}
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    objects = template(mode, files=(str(tmp_path / "values.yaml"),))
+    validate_objects(objects)
+    pod = pod_spec(workload_of(objects))
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets"):
+        assert pod[key] == values[key], key
+    assert pod["serviceAccountName"] == "existing-sa"
+    assert not [o for o in objects if o["kind"] == "ServiceAccount"]
+    subjects = [s for o in objects if o["kind"].endswith("Binding") for s in o["subjects"]]
+    assert subjects and {s["name"] for s in subjects} == {"existing-sa"}
+    assert not [o for o in template(mode, "rbac.create=false") if "Role" in o["kind"]]
 
 
 def test_pdb_only_with_more_than_one_replica() -> None:
@@ -421,10 +453,19 @@ def test_notes_tell_how_to_see_the_first_sync(tmp_path: Path) -> None:
         '{{- define "test.notes" -}}\n' + notes_txt.read_text() + '\n{{- end -}}\n'
         'notes: {{ include "test.notes" . | toJson }}\n')
     notes_txt.unlink()
-    out = helm("template", RELEASE, str(chart), "--namespace", NAMESPACE, "-f", MODES["domino"][0],
-               "--show-only", "templates/notes.yaml")
-    assert out.returncode == 0, out.stderr
-    notes = yaml.safe_load(out.stdout)["notes"]
+
+    def notes_of(mode: str) -> str:
+        out = helm("template", RELEASE, str(chart), "--namespace", NAMESPACE, "-f", MODES[mode][0],
+                   "--show-only", "templates/notes.yaml")
+        assert out.returncode == 0, out.stderr
+        text: str = yaml.safe_load(out.stdout)["notes"]
+        return text
+
+    cron = notes_of("cronjob")
+    assert f"create job --from=cronjob/{RELEASE} {RELEASE}-first" in cron
+    assert f"logs job/{RELEASE}-first" in cron and "syncer check --config config.toml" in cron
+    assert "kubectl -n apps get secret registry-pull" in cron and "port-forward" not in cron
+    notes = notes_of("domino")
     assert f"kubectl -n {NAMESPACE} logs deploy/{RELEASE}" in notes
     assert f"exec deploy/{RELEASE} -- syncer check --config /etc/syncer/config.toml" in notes
     assert "/metrics" in notes and "9102" in notes
