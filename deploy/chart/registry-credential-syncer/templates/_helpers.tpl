@@ -125,7 +125,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* The effective config as a map: parsed from configToml, or the structured values. */}}
 {{- define "rcs.config" -}}
-{{- if .Values.configToml -}}{{ toJson (fromToml .Values.configToml) }}{{- else -}}{{ include "rcs.configData" . }}{{- end -}}
+{{- if .Values.configToml -}}
+{{- $parsed := fromToml .Values.configToml -}}
+{{- /* fromToml reports a parse error as {"Error": "..."} instead of failing. */ -}}
+{{- if hasKey $parsed "Error" }}{{ fail (printf "configToml: not valid TOML: %v" $parsed.Error) }}{{ end -}}
+{{- toJson $parsed -}}
+{{- else -}}{{ include "rcs.configData" . }}{{- end -}}
 {{- end -}}
 
 {{- define "rcs.configToml" -}}
