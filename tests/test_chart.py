@@ -4,7 +4,11 @@
 * ``helm template`` for every mode validates against the Kubernetes schemas, and its ConfigMap
   passes the syncer's own config validation and agrees with the pod (mounts, token, ports);
 * the RBAC is exactly what the rendered config needs, and replayed on the Kubernetes API test
-  server it is enough for a real ``syncer --once`` (and one rule fewer fails cleanly);
+  server it is enough for a real ``syncer --once`` (and one rule fewer fails cleanly), for the
+  Deployment's config and for the CronJob's own container args and config;
+* the Vault credential values (token, approle, cert, vaultCA) mount Secrets that log in to a
+  real OpenBao;
+* deploy/'s kustomize files are the chart's rendering (``render_manifests.py --check``);
 * the schema refuses misspelled and mistyped values, naming the key;
 * the selector labels do not move with values (``helm upgrade`` cannot hit the immutable
   selector), and the PrometheusRule and dashboard are the files deploy/ ships.
