@@ -210,3 +210,20 @@ def verdict(checks: Sequence[PullCheck]) -> str:
     if any(c.outcome in (PullOutcome.PULL_DENIED, PullOutcome.NOT_FOUND) for c in checks):
         return "warn"
     return ""
+
+
+_PREFLIGHT = {
+    PullOutcome.OK: ("OK", ""),
+    PullOutcome.PULL_DENIED: ("FAIL", "grant the registry account pull on this repository, or pick a "
+                              "canary the workloads pull; if every canary is denied the credential "
+                              "is not written"),
+    PullOutcome.NOT_FOUND: ("WARN", "the canary is stale: update verify_images (a digest does not move)"),
+    PullOutcome.UNVERIFIED: ("WARN", "public repository: pick a canary from a private repository"),
+    PullOutcome.ERROR: ("FAIL", "see the reason; retry later if transient"),
+}
+
+
+def preflight(host: str, checks: Sequence[PullCheck]) -> list[tuple[str, str, str, str]]:
+    """``syncer check`` lines for the canaries: (status, name, reason, hint), one per image."""
+    return [(status, f"registry.pull {host} {c.image}", c.detail, hint)
+            for c in checks for status, hint in [_PREFLIGHT[c.outcome]]]

@@ -22,8 +22,8 @@ from prometheus_client import (
 )
 
 from syncer import __version__
-from syncer.config import Settings, TargetSettings
 from syncer.canary import PullOutcome
+from syncer.config import Settings, TargetSettings
 from syncer.probe import REASONS
 from syncer.report import RegistryOutcome, RegistryReport, Summary, TargetOutcome, TargetReport
 

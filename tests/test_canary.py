@@ -17,6 +17,7 @@ from syncer.imageref import parse_image
 from syncer.probe import Prober
 from syncer.transport import make_session
 from tests.support.images import Layout
+from tests.support.operator import run_cmd
 from tests.support.registry import FakeServer, Incoming, Registry, Reply
 from tests.support.registry_fixtures import DEFAULT_USERS, TokenRegistry
 from tests.support.scale import long_lived_app
@@ -206,3 +207,15 @@ def test_config_rejects_canary_on_another_host(tmp_path: Any) -> None:
     problems = err.value.problems
     assert [p.split(":")[0] for p in problems] == ["registries[0].verify_images[1]",
                                                   "registries[0].verify_images[2]"], problems
+
+
+def test_check_prints_one_line_per_canary(world: World, acl_registry: TokenRegistry) -> None:
+    spec = _harbor(world, acl_registry.host, "team/app:v1", "other/secret:v1", "team/gone:v1",
+                   "public/base:v1")
+    _rotate(world, acl_registry, spec)
+    result = run_cmd(world, "check", world.config([_spec(spec)], [{"namespace": NS, "name": NAME}]))
+    lines = [line for line in result.out.splitlines() if "registry.pull" in line]
+    assert [line.split()[0] for line in lines] == ["OK", "FAIL", "WARN", "WARN"], result.out
+    assert [line.split()[3] for line in lines] == [f"{image}:" for image in spec["verify_images"]]
+    assert result.code == 1  # a denied canary fails the preflight
+    _leak_check(world, acl_registry)

@@ -618,7 +618,7 @@ def test_metric_name_extraction_sees_through_functions_and_operators() -> None:
 
 @pytest.fixture
 def domino_world(tmp_path: Path, bao: Any, kube: Any, ca_file: str,
-                 htpasswd_registry: Any) -> Iterator[dict[str, Any]]:
+                 htpasswd_registry: Any, canary_images: Any) -> Iterator[dict[str, Any]]:
     """The Domino overlay as deployed, with the test servers standing in for the cluster's:
 
     * Kubernetes API: the Domino secret (with Domino's own quay.io entry); the syncer's token

@@ -70,12 +70,14 @@ def build_layout(root: Path, tag: str, content: bytes) -> Layout:
     return Layout(root, tag, digest)
 
 
-def push(layout: Layout, host: str, repository: str, creds: tuple[str, str], cert_dir: Path) -> None:
-    """``skopeo copy`` the layout to ``host/repository:tag`` over TLS trusting ``cert_dir/ca.crt``."""
+def push(layout: Layout, host: str, repository: str, creds: tuple[str, str], cert_dir: Path,
+         tag: str = "") -> None:
+    """``skopeo copy`` the layout to ``host/repository:tag`` (default: the layout's tag) over TLS
+    trusting ``cert_dir/ca.crt``."""
     user, password = creds
     cmd = [SKOPEO, "--insecure-policy", "copy", "--quiet", "--preserve-digests",
            "--dest-cert-dir", str(cert_dir), "--dest-creds", f"{user}:{password}",
-           f"oci:{layout.path}:{layout.tag}", f"docker://{host}/{repository}:{layout.tag}"]
+           f"oci:{layout.path}:{layout.tag}", f"docker://{host}/{repository}:{tag or layout.tag}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"skopeo push of {repository}:{layout.tag} failed: {done.stderr[-1500:]}")
+        raise RuntimeError(f"skopeo push of {repository}:{tag or layout.tag} failed: {done.stderr[-1500:]}")

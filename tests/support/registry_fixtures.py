@@ -126,7 +126,8 @@ CANARY_REPOSITORIES = ("team/app", "other/secret", "public/base")
 def canary_images(token_registry_server: TokenRegistry, htpasswd_registry_server: Registry,
                   ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Layout:
     """One small image pushed with skopeo to ``CANARY_REPOSITORIES`` (``:v1``) on the token
-    registry and to ``team/app:v1`` on the htpasswd registry; the Layout carries its digest."""
+    registry and to ``team/app:v1`` and ``nvidia/pytorch:24.01-py3`` (the Domino examples'
+    canary) on the htpasswd registry; the Layout carries its digest."""
     certs = tmp_path_factory.mktemp("skopeo-certs")
     ca.cert_pem.write_to_path(str(certs / "ca.crt"))
     layout = build_layout(tmp_path_factory.mktemp("oci-layout"), "v1", b"canary image\n")
@@ -138,5 +139,8 @@ def canary_images(token_registry_server: TokenRegistry, htpasswd_registry_server
             push(layout, token_registry_server.host, repository, ("pusher", "pusher-secret"), certs)
     finally:
         tokens.reset(DEFAULT_USERS)
-    push(layout, htpasswd_registry_server.host, "team/app", ("robot$ci", DEFAULT_USERS["robot$ci"]), certs)
+    robot = ("robot$ci", DEFAULT_USERS["robot$ci"])
+    push(layout, htpasswd_registry_server.host, "team/app", robot, certs)
+    # The canary of the shipped Domino examples, for the tests that run them as deployed.
+    push(layout, htpasswd_registry_server.host, "nvidia/pytorch", robot, certs, tag="24.01-py3")
     return layout
