@@ -8,12 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from syncer import config as config_mod
 from syncer.canary import MANIFEST_ACCEPT, PullChecker, PullOutcome
 from syncer.config import ProbeSettings
 from syncer.credential import Credential
 from syncer.imageref import parse_image
+from syncer.metrics import Metrics
 from syncer.probe import Prober
 from syncer.transport import make_session
 from tests.support.images import Layout
@@ -219,3 +221,31 @@ def test_check_prints_one_line_per_canary(world: World, acl_registry: TokenRegis
     assert [line.split()[3] for line in lines] == [f"{image}:" for image in spec["verify_images"]]
     assert result.code == 1  # a denied canary fails the preflight
     _leak_check(world, acl_registry)
+
+
+def test_metrics_per_image_precreated_and_counted(world: World, acl_registry: TokenRegistry) -> None:
+    spec = _harbor(world, acl_registry.host, "other/secret:v1", "team/gone:v1")
+    _rotate(world, acl_registry, spec)
+    app = long_lived_app(world.config([_spec(spec)], [{"namespace": NS, "name": NAME}]))
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, app.settings)
+    host = acl_registry.host
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"registry": host, **labels})
+
+    for image in spec["verify_images"]:
+        assert value("syncer_image_pull_check_success", image=image) == 0
+        for result in ("ok", "pull_denied", "not_found", "unverified", "error"):
+            assert value("syncer_image_pull_checks_total", image=image, result=result) == 0
+    summary = app.syncer.run_once()
+    metrics.observe(summary)
+    assert summary.ok, "one canary denied, one stale: written with warnings"
+    assert value("syncer_image_pull_checks_total", image="other/secret:v1", result="pull_denied") == 1
+    assert value("syncer_image_pull_checks_total", image="team/gone:v1", result="not_found") == 1
+    assert value("syncer_image_pull_check_success", image="other/secret:v1") == 0
+    assert value("syncer_registry_probe_success") == 1, "the login itself was proven"
+    reasons = {e["reason"] for e in world.kube.events(NS)}
+    assert "CanaryImageWarning" not in reasons  # Events are sent by the CLI (app.publish)
+    app.publish(summary)
+    assert "CanaryImageWarning" in {e["reason"] for e in world.kube.events(NS)}
