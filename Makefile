@@ -14,13 +14,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Real registry and htpasswd for the tests and the demo, prometheus (promtool and the server for
-# tests/test_prometheus.py), tinyproxy for the egress-proxy tests
+# tests/test_prometheus.py), tinyproxy for the egress-proxy tests, skopeo (pushes the canary images
+# of tests/test_canary.py)
 # (Debian packages; prometheus is installed without recommends and its service is not needed).
 system-deps:
 	@if ! command -v docker-registry >/dev/null || ! command -v htpasswd >/dev/null \
-	    || ! command -v promtool >/dev/null || ! command -v tinyproxy >/dev/null; then \
+	    || ! command -v promtool >/dev/null || ! command -v tinyproxy >/dev/null \
+	    || ! command -v skopeo >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils tinyproxy \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils tinyproxy skopeo \
 	    && $$SUDO apt-get install -y --no-install-recommends prometheus; \
 	fi
 

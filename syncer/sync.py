@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from syncer import dockerconfig, drift, filetarget, logs
+from syncer.canary import PullCheck, PullChecker
 from syncer.config import RegistrySettings, Settings, TargetSettings
 from syncer.credential import Credential, VersionedCredential
 from syncer.dockerconfig import Change
@@ -38,6 +39,7 @@ from syncer.report import (
     Summary,
     TargetOutcome,
     TargetReport,
+    record_pulls,
 )
 from syncer.text import safe
 from syncer.vault import VaultError, VaultSource
@@ -63,6 +65,8 @@ class _Unread:
 
 
 UNREAD = _Unread()
+Verified = tuple[ProbeResult, tuple[PullCheck, ...]]
+"""A probe result and the canary pull checks that ran after it (none unless the login is ok)."""
 Listed = SecretSnapshot | KubeError | None
 """A listed secret, the error decoding it, or None when the LIST showed it does not exist."""
 
@@ -104,8 +108,11 @@ class Syncer:
         self.fanout = fanout
         self.files = files
         self._deadline = float("inf")
-        self._probe_cache: dict[tuple[str, str], tuple[float, ProbeResult]] = {}
+        self._probe_cache: dict[tuple[str, str], tuple[float, Verified]] = {}
         """(host, login digest) -> (when, conclusive result), kept for ``probe.interval``."""
+        self.pulls = PullChecker(self.prober) if self.prober is not None else None
+        """Canary pull checks (``verify_images``), run with the probe and cached with it."""
+        self._images = {r.host: r.verify_images for r in settings.registries}
         self._probe_lock = threading.Lock()
 
     # ------------------------------------------------------------------ cycle
@@ -309,11 +316,14 @@ class Syncer:
     def _probe_host(self, prober: Prober, host: str, credential: Credential,
                     report: RegistryReport) -> bool:
         """Probe one host and record the verdict in its report; True = blocked."""
-        result = self._probe_cached(prober, host, credential)
+        result, report.pulls = self._probe_cached(prober, host, credential)
         self.progress()  # a finished probe is a step of the cycle (health: stuck vs long)
         report.probe = result
         if result.outcome is Outcome.OK:
             report.outcome, report.detail = RegistryOutcome.OK, "login verified"
+            if record_pulls(report, report.pulls):  # every canary denied: as good as rejected
+                log.error("registry %s: %s", host, safe(report.detail, DETAIL_LIMIT))
+                return self.settings.probe.verify_before_write
         elif result.outcome is Outcome.UNVERIFIED:
             report.outcome, report.reason = RegistryOutcome.UNVERIFIED, "unverified"
             report.detail = "registry accepts anonymous access; credentials could not be verified"
@@ -336,15 +346,23 @@ class Syncer:
                       safe(result.detail, DETAIL_LIMIT))
         return False
 
-    def _probe_cached(self, prober: Prober, host: str, credential: Credential) -> ProbeResult:
+    def _verify(self, prober: Prober, host: str, credential: Credential) -> Verified:
+        """The login probe and, once the login is proven, the canary pull checks."""
+        result = prober.probe(host, credential, self.should_stop)
+        if result.outcome is not Outcome.OK or self.pulls is None:
+            return result, ()
+        return result, self.pulls.check(host, credential, self._images.get(host, ()), self.should_stop)
+
+    def _probe_cached(self, prober: Prober, host: str, credential: Credential) -> Verified:
         """Probe, or reuse a conclusive result for the same login younger than probe.interval.
 
-        Only ok/unverified/rejected are reused; errors are always probed again. A rotated
-        login has a new digest, so it is always probed.
+        Only ok/unverified/rejected are reused (with their pull checks, unless one of those
+        erred); errors are always probed again. A rotated login has a new digest, so it is
+        always probed.
         """
         interval = self.settings.probe.interval
         if interval <= 0:
-            return prober.probe(host, credential, self.should_stop)
+            return self._verify(prober, host, credential)
         digest = hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
         key = (host, digest)
         now = self.clock()
@@ -352,14 +370,15 @@ class Syncer:
             cached = self._probe_cache.get(key)
         if cached is not None and now - cached[0] < interval:
             return cached[1]
-        result = prober.probe(host, credential, self.should_stop)
+        result, pulls = verified = self._verify(prober, host, credential)
         with self._probe_lock:
             # Forget older logins of this host so the cache holds at most one entry per host.
             for old in [k for k in self._probe_cache if k[0] == host]:
                 del self._probe_cache[old]
-            if result.outcome in (Outcome.OK, Outcome.UNVERIFIED, Outcome.REJECTED):
-                self._probe_cache[key] = (now, result)
-        return result
+            if (result.outcome in (Outcome.OK, Outcome.UNVERIFIED, Outcome.REJECTED)
+                    and not any(p.outcome == "error" for p in pulls)):
+                self._probe_cache[key] = (now, verified)
+        return verified
 
     # ------------------------------------------------------------------ targets
 
