@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
 import threading
 import time
@@ -42,6 +43,9 @@ from tests.support.kubeapi_store import Change, ObjectStore
 
 if TYPE_CHECKING:
     from tests.support.kubeapi_http import RequestHandler
+
+#: how often an idle watch checks whether its client hung up
+CLIENT_CHECK_SECONDS = 0.1
 
 
 @dataclass
@@ -93,6 +97,7 @@ class WatchStream:
     end_now: bool = False
     bookmark_now: bool = False
     raw: list[tuple[Iterable[bytes], float]] = field(default_factory=list)
+    conn: socket.socket | None = None
 
     def _take(self) -> tuple[list[tuple[str, JSON]], str | None]:
         """Wait (under the store's condition) for something to send: events, or a control."""
@@ -110,8 +115,21 @@ class WatchStream:
                 control = self._control(next_bookmark)
                 if pending or control:
                     return pending, control
+                if self._client_gone():
+                    return [], "gone"
                 waits = [t - time.monotonic() for t in (self.deadline, next_bookmark) if t is not None]
-                store.changed.wait(timeout=max(0.0, min(waits)) if waits else None)
+                store.changed.wait(timeout=max(0.0, min([*waits, CLIENT_CHECK_SECONDS])))
+
+    def _client_gone(self) -> bool:
+        """Whether the client hung up (a watch client sends nothing, so anything readable is its
+        close), as the Go server notices a cancelled request."""
+        if self.conn is None:
+            return False
+        try:
+            readable, _, _ = select.select([self.conn], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def _next_bookmark(self) -> float | None:
         interval = self.hub.bookmark_interval
@@ -145,6 +163,7 @@ class WatchStream:
         h.send_header("Transfer-Encoding", "chunked")
         h.send_header("Cache-Control", "no-cache, private")
         h.end_headers()
+        self.conn = h.connection
         try:
             self._loop(h)
         except OSError:
@@ -165,7 +184,7 @@ class WatchStream:
                                                           "metadata": meta}})
             if control == "raw":
                 self._send_raw(h)
-            if control == "drop":
+            if control in ("drop", "gone"):
                 _hang_up(h)
                 return
             if control == "end":
