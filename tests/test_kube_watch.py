@@ -4,10 +4,8 @@ project's Kubernetes API test server."""
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,89 +13,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from syncer.config import TargetSettings
-from syncer.informer import Informer, TargetWatches, slim_namespace, slim_secret
-from syncer.kube import Api
-from syncer.kube_watch import Backoff, Reflector, WatchMode, WatchSpec
-from tests.support.kube_fixtures import ADMIN_TOKEN, kube_client
-from tests.support.kubeapi import KubeAPIServer, RequestRecord
-
-PULL = WatchSpec("secrets", "a", "metadata.name=pull")
-
-
-class Seen:
-    """Records everything an informer and its reflector report (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.changes: list[tuple[str, str, str]] = []  # (type, name, resourceVersion)
-        self.modes: list[tuple[WatchMode, str]] = []
-        self.events: Counter[str] = Counter()
-        self.restarts: Counter[str] = Counter()
-
-    def on_change(self, kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        obj = new if new is not None else old
-        assert obj is not None
-        with self.lock:
-            self.changes.append((kind, obj["metadata"]["name"], obj["metadata"]["resourceVersion"]))
-
-    def on_mode(self, _spec: WatchSpec, mode: WatchMode, reason: str) -> None:
-        with self.lock:
-            self.modes.append((mode, reason))
-
-    def watch_event(self, _resource: str, event_type: str) -> None:
-        with self.lock:
-            self.events[event_type] += 1
-
-    def watch_restart(self, _resource: str, reason: str) -> None:
-        with self.lock:
-            self.restarts[reason] += 1
-
-
-def eventually(check: Callable[[], object], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` is true (the reactions under test must take well under 2 s)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
-def api_for(kube: KubeAPIServer, tmp_path: Path, token: str = ADMIN_TOKEN) -> Api:
-    return Api(kube_client(kube.write_kubeconfig(tmp_path / f"kc-{token}", token)), timeout=5)
-
-
-def is_watch(r: RequestRecord) -> bool:
-    return r.verb == "watch"
-
-
-@pytest.fixture
-def seen() -> Seen:
-    return Seen()
-
-
-@pytest.fixture
-def start(kube: KubeAPIServer, tmp_path: Path, seen: Seen) -> Iterator[Callable[..., Informer[Any]]]:
-    """Start an informer on the kube fixture (stopped afterwards); keyword args go to it."""
-    started: list[Informer[Any]] = []
-
-    def make(spec: WatchSpec = PULL, token: str = ADMIN_TOKEN, sync: bool = True,
-             **options: Any) -> Informer[Any]:
-        options.setdefault("sleep", lambda _s: time.sleep(0.01))
-        if spec.namespace and kube.get_object("namespaces", None, spec.namespace) is None:
-            kube.add_namespace(spec.namespace)  # this server answers a LIST in a missing one 404
-        informer: Informer[Any] = Informer(
-            api_for(kube, tmp_path, token), spec,
-            slim_namespace if spec.resource == "namespaces" else slim_secret,
-            on_change=seen.on_change, on_mode=seen.on_mode, observer=seen, **options)
-        started.append(informer)
-        informer.start()
-        if sync:
-            assert informer.wait_synced(5)
-        return informer
-
-    yield make
-    for informer in started:
-        informer.stop()
-        assert informer.reflector.join(2)
+from syncer.informer import Informer, TargetWatches, slim_secret
+from syncer.kube_watch import Backoff, WatchMode
+from tests.support.kubeapi import KubeAPIServer
+from tests.support.watch_fixtures import PULL, Seen, api_for, eventually, is_watch
 
 
 def test_list_then_watch_keeps_the_cache_and_reports_each_change(
@@ -122,7 +41,9 @@ def test_list_then_watch_keeps_the_cache_and_reports_each_change(
     assert 300 <= int(watch.query["timeoutSeconds"]) <= 600
 
 
-def test_the_cache_keeps_only_what_a_sync_needs(kube: KubeAPIServer, start: Callable[..., Informer[Any]]) -> None:
+def test_the_cache_keeps_only_what_a_sync_needs(
+    kube: KubeAPIServer, start: Callable[..., Informer[Any]]
+) -> None:
     obj = kube.put_secret("a", "pull", data={"k": "1"}, annotations={"x": "y"})
     stored = kube.store.lookup(kube.store.resolve("secrets"), "a", "pull")
     assert stored is not None
@@ -286,7 +207,9 @@ def test_an_event_over_the_line_cap_restarts_with_a_reason_and_relists(
     assert kube.count("list") == 2, "the object the stream could not carry came with a LIST"
 
 
-def test_name_bound_cluster_role_serves_fixed_and_fan_out_watches(kube: KubeAPIServer, tmp_path: Path) -> None:
+def test_name_bound_cluster_role_serves_fixed_and_fan_out_watches(
+    kube: KubeAPIServer, tmp_path: Path
+) -> None:
     rules = [
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["pull", "fixed"],
          "verbs": ["list", "watch"]},
@@ -305,7 +228,7 @@ def test_name_bound_cluster_role_serves_fixed_and_fan_out_watches(kube: KubeAPIS
                TargetSettings(namespace="", name="", file="/tmp/config.json")]
     watches = TargetWatches(
         api_for(kube, tmp_path, "syncer"), targets,
-        on_secret=lambda k, o, n: changes.append((k, *key((n or o)))),
+        on_secret=lambda k, o, n: changes.append((k, *key(n or o))),
         on_namespace=lambda k, o, n, sel: namespaces.append((k, (n or o or {})["metadata"]["name"], sel)))
     watches.start()
     try:

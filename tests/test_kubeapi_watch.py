@@ -202,7 +202,8 @@ def test_legacy_watch_path_and_watch_true(kube: KubeAPIServer, ca_file: str) -> 
 
 
 def test_watch_rbac_is_bound_to_names_only_through_a_name_selector(kube: KubeAPIServer, ca_file: str) -> None:
-    rules = [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["pull"], "verbs": ["list", "watch"]}]
+    rules = [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["pull"],
+              "verbs": ["list", "watch"]}]
     kube.add_token("named", user="syncer", rules=rules)
     kube.put_secret("a", "pull")
     kube.put_secret("a", "private")

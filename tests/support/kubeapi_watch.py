@@ -24,7 +24,6 @@ import contextlib
 import json
 import select
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from tests.support.kubeapi_select import (
     parse_field_selector,
     parse_label_selector,
 )
-from tests.support.kubeapi_status import KubeError, bad_request, ns_not_found
+from tests.support.kubeapi_status import bad_request, ns_not_found
 from tests.support.kubeapi_store import Change, ObjectStore
 
 if TYPE_CHECKING:
@@ -176,7 +175,8 @@ class WatchStream:
             for kind, obj in events:
                 _chunk(h, {"type": kind, "object": obj})
             if control == "expired":
-                _chunk(h, {"type": "ERROR", "object": expired_status(self.cursor or 0, self.hub.store.compacted)})
+                status = expired_status(self.cursor or 0, self.hub.store.compacted)
+                _chunk(h, {"type": "ERROR", "object": status})
                 control = "end"
             if control == "bookmark":
                 meta = {"resourceVersion": str(self.cursor)}
