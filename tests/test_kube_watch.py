@@ -268,12 +268,13 @@ def test_a_relist_reports_only_real_changes(kube: KubeAPIServer, tmp_path: Path,
 
 
 def test_metrics_count_watch_events_and_restarts(kube: KubeAPIServer, tmp_path: Path) -> None:
-    from syncer.config import Settings
+    from syncer.config import from_mapping
     from syncer.metrics import Metrics
 
-    settings = Settings.__new__(Settings)
-    object.__setattr__(settings, "registries", ())
-    object.__setattr__(settings, "targets", ())
+    settings = from_mapping({
+        "vault": {"address": "https://vault.example.com", "auth": {"method": "token", "token_file": "/t"}},
+        "registries": [{"host": "nvcr.io", "path": "p"}],
+        "targets": [{"namespace": "a", "name": "pull"}]}, {})
     registry = CollectorRegistry()
     metrics = Metrics(registry, settings)
     assert registry.get_sample_value("syncer_watch_restarts_total",
