@@ -64,7 +64,7 @@ class ObjectStore:
         #: changes after ``compacted``, in resourceVersion order (what a watch replays)
         self.history: list[Change] = []
         #: older changes are compacted away automatically beyond this many (etcd compacts too)
-        self.history_limit = 20000
+        self.history_limit = 5000
         #: notified (under ``lock``) after every change, so waiting watches wake up
         self.changed = threading.Condition(self.lock)
         self._objects: dict[tuple[str, str], dict[Key, JSON]] = {(r.group, r.plural): {} for r in STORED}
