@@ -101,6 +101,16 @@ def test_a_compacted_version_relists_and_reports_what_changed_meanwhile(
     assert informer.synced
 
 
+def test_a_410_answer_to_the_watch_itself_relists(
+    kube: KubeAPIServer, start: Callable[..., Informer[Any]], seen: Seen
+) -> None:
+    kube.put_secret("a", "pull")
+    kube.add_fault(is_watch, status=410)
+    start()
+    assert seen.restarts["expired"] == 1 and kube.count("list") == 2
+    assert [k for k, _, _ in seen.changes] == ["ADDED"], "the relist found nothing new"
+
+
 def test_bookmarks_advance_the_resource_version(
     kube: KubeAPIServer, start: Callable[..., Informer[Any]], seen: Seen
 ) -> None:
