@@ -6,6 +6,7 @@ Pure: no I/O. ``config`` builds the settings objects from these.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -91,6 +92,30 @@ def parse_duration(value: object) -> float:
     raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
 
 
+def checks(*, minimum: int | None = None, maximum: float | None = None, why: str = "",
+           zero_ok: bool = False, strip: bool | str = False,
+           env: tuple[str, ...] = ()) -> dict[str, Any]:
+    """How ``Section.value`` checks a settings field (its ``metadata``), declared next to it.
+
+    ``minimum``/``maximum`` bound an integer (both required) or cap a duration (``why`` says
+    why); durations must be > 0 unless ``zero_ok``; ``strip`` trims a string (True: whitespace,
+    a str: those characters); ``env`` names variables read, in order, when the key is unset or empty.
+    """
+    return {"minimum": minimum, "maximum": maximum, "why": why, "zero_ok": zero_ok,
+            "strip": strip, "env": env}
+
+
+def setting(default: Any, **check: Any) -> Any:
+    """A settings field with its one default and its ``checks``. (A field without a default
+    uses ``dataclasses.field(metadata=checks(...))``, which mypy sees as required.)"""
+    return dataclasses.field(default=default, metadata=checks(**check))
+
+
+_EMPTY: dict[str, Any] = {"str": "", "tuple[str, ...]": ()}
+"""What a field without a default reads as when its key is missing (its own check says "required")."""
+_PLAIN = {"str", "bool", "int", "float", "tuple[str, ...]"}
+
+
 class Section:
     """Typed access to one TOML table that records problems instead of raising."""
 
@@ -156,6 +181,45 @@ class Section:
             self.problem(name, "must be a list of strings")
             return ()
         return tuple(value)
+
+    def value(self, cls: type[Any], name: str, env: Mapping[str, str] | None = None, *,
+              default: Any = None) -> Any:
+        """Key ``name`` read as ``cls``'s field of that name declares it: by its annotation
+        (str, bool, int, float = a duration, tuple[str, ...]), with its default (unless
+        ``default`` is given) and its ``checks``."""
+        spec = {f.name: f for f in dataclasses.fields(cls)}[name]
+        kind, meta = str(spec.type), spec.metadata
+        if default is None:
+            default = _EMPTY[kind] if spec.default is dataclasses.MISSING else spec.default
+        if kind == "bool":
+            return self.get_bool(name, default)
+        if kind == "int":
+            return self.get_int(name, default, meta["minimum"], meta["maximum"])
+        if kind == "float":
+            return self._duration(name, default, meta)
+        if kind == "tuple[str, ...]":
+            return self.get_str_list(name)
+        text = self.get_str(name, default)
+        strip = meta.get("strip", False)
+        text = text.strip() if strip is True else text.strip(strip) if strip else text
+        for var in meta.get("env", ()):
+            text = text or (env or {}).get(var, "")
+        return text
+
+    def read(self, cls: type[Any], env: Mapping[str, str] | None = None, *,
+             skip: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every plain-valued field of ``cls`` but ``skip``, in declaration order (so problems are
+        reported in that order): name -> value, for ``cls(**values, ...)``."""
+        defaults = defaults or {}
+        return {f.name: self.value(cls, f.name, env, default=defaults.get(f.name))
+                for f in dataclasses.fields(cls) if f.name not in skip and str(f.type) in _PLAIN}
+
+    def _duration(self, name: str, default: float, meta: Mapping[str, Any]) -> float:
+        value = self.get_duration(name, default, positive=not meta.get("zero_ok", False))
+        if (maximum := meta.get("maximum")) is not None and value > maximum:
+            self.problem(name, f"must be at most {maximum:g}s ({meta['why']})")
+            return default
+        return value
 
     def table(self, name: str) -> Section:
         self.seen.add(name)
