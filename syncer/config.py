@@ -18,8 +18,8 @@ from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 
-from syncer.config_parse import HOST, Section, checks, name_problem, selector_problem, setting
-from syncer.hosts import normalize_key
+from syncer.config_parse import Section, checks, name_problem, selector_problem, setting
+from syncer.hosts import is_registry_host, normalize_key
 from syncer.proxies import proxy_problem
 
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -435,7 +435,7 @@ def _registry(sec: Section) -> RegistrySettings:
         sec.problem("host", "is required")
     elif host.startswith("http://"):
         sec.problem("host", "plain-HTTP registries are refused; the registry must serve HTTPS")
-    elif not HOST.match(host):
+    elif not is_registry_host(host):
         sec.problem("host", f"is not a registry host (got {host!r})")
     if not path:
         sec.problem("path", "is required")

@@ -1,5 +1,5 @@
 """Reading config values: one TOML table at a time (``Section``), with key paths for every
-problem, and the value checks (durations, Kubernetes names, label selectors, registry hosts).
+problem, and the value checks (durations, Kubernetes names, label selectors).
 
 Pure: no I/O. ``config`` builds the settings objects from these.
 """
@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-HOST = re.compile(r"^(https://)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?(/[^\s\x00-\x1f\x7f-\x9f]*)?\Z")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _DNS_LABEL_ONLY = re.compile(rf"^{_DNS_LABEL}$")

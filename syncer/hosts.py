@@ -25,9 +25,10 @@ def normalize_key(key: str) -> str:
     return host.lower() + sep + path
 
 
-# A registry host as config validation accepts it (see config_parse.HOST), but anchored with \Z and
-# with the path limited to printable ASCII, so text read back from a Secret (the managed-hosts
-# annotation, which tenants can edit) is taken only when it could have been written by us.
+# The one registry-host pattern: config validation accepts a host only if it matches, and text read
+# back from a Secret (the managed-hosts annotation, which tenants can edit) is taken only when it
+# matches, i.e. when it could have been written by us. The path is printable ASCII without ',' (the
+# annotation's separator), so every configured host survives the round trip through the annotation.
 _REGISTRY_HOST = re.compile(
     r"(https://)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:\d{1,5})?(/[!-+\--~]{0,255})?\Z")
 

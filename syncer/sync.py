@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from syncer import dockerconfig, drift, filetarget, logs
@@ -40,6 +39,7 @@ from syncer.report import (
     TargetReport,
 )
 from syncer.text import safe
+from syncer.timefmt import rfc3339
 from syncer.vault import VaultError, VaultSource
 
 log = logging.getLogger(__name__)
@@ -462,7 +462,7 @@ class Syncer:
         hosts = (set(managed) | written) - set(pruned)
         versions = {h: v for h, v in recorded.items() if h in hosts}
         versions.update({h: v for h in written if (v := wanted[h].version) is not None})
-        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(self.clock())
         return {MANAGED_HOSTS: ",".join(sorted(hosts)), VAULT_VERSIONS: drift.format_versions(versions),
                 LAST_WRITE: stamp}
 
