@@ -19,8 +19,7 @@ from typing import Any
 
 from syncer.config import KubernetesSettings
 from syncer.kube import JSON, MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
-from syncer.text import safe
-from syncer.timefmt import rfc3339
+from syncer.text import rfc3339, safe
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from syncer import dockerconfig, filetarget
 from syncer.filetarget import FileSnapshot, FileStore
 from syncer.kube import KubeError, KubeErrorKind, SecretSnapshot, SecretStore
 from syncer.sync import LAST_WRITE, document
-from syncer.text import safe
-from syncer.timefmt import rfc3339
+from syncer.text import rfc3339, safe
 
 log = logging.getLogger(__name__)
 

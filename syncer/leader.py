@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from syncer.config import LeaderElectionSettings
 from syncer.kube import MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
-from syncer.timefmt import rfc3339_micro
+from syncer.text import rfc3339_micro
 
 log = logging.getLogger(__name__)
 TIMEOUT = 5.0

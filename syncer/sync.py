@@ -38,8 +38,7 @@ from syncer.report import (
     TargetOutcome,
     TargetReport,
 )
-from syncer.text import safe
-from syncer.timefmt import rfc3339
+from syncer.text import rfc3339, safe
 from syncer.vault import VaultError, VaultSource
 
 log = logging.getLogger(__name__)
