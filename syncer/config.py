@@ -4,6 +4,12 @@ Every problem is collected with its key path (``registries[2].path``) and
 reported at once, so a user fixes a config in one round trip. Environment
 fallbacks (``VAULT_ADDR`` and friends) are applied here, from a mapping the
 caller passes in: nothing else in the package reads the environment.
+
+Each key's default is written once, as its dataclass field's default; bounds, trimming and
+environment fallbacks sit next to it (``setting(default, minimum=.., maximum=.., zero_ok=..,
+strip=.., env=..)``). ``Section.read`` fills every str/bool/int/duration/list field of a class
+from its table by the field's type, so a new plain key needs only its field (an int needs bounds);
+the per-table functions below (``_vault``, ``_probe``, ...) add only the checks that span keys.
 """
 
 from __future__ import annotations
