@@ -188,6 +188,9 @@ class Section:
         ``default`` is given) and its ``checks``."""
         spec = {f.name: f for f in dataclasses.fields(cls)}[name]
         kind, meta = str(spec.type), spec.metadata
+        if kind not in _PLAIN or kind == "int" and meta.get("minimum") is None:
+            raise TypeError(f"{cls.__name__}.{name}: a {kind} setting needs its own reader"
+                            if kind not in _PLAIN else f"{cls.__name__}.{name}: an int needs bounds")
         if default is None:
             default = _EMPTY[kind] if spec.default is dataclasses.MISSING else spec.default
         if kind == "bool":

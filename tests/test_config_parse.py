@@ -155,3 +155,14 @@ def test_kubernetes_names(value: str, label: bool, ok: bool) -> None:
 ])
 def test_label_selectors(selector: str, ok: bool) -> None:
     assert (selector_problem(selector) == "") is ok
+
+
+def test_a_field_the_reader_cannot_check_is_a_programming_error_not_a_silent_default() -> None:
+    @dataclass(frozen=True)
+    class Careless:
+        retries: int = 3
+        limit: float | None = None
+
+    for name in ("retries", "limit"):
+        with pytest.raises(TypeError, match=f"Careless.{name}"):
+            Section({}, "careless", []).value(Careless, name)
