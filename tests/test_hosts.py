@@ -28,13 +28,14 @@ def test_normalize_key_ignores_scheme_case_and_v1_v2_suffix(key: str, normal: st
 
 
 @pytest.mark.parametrize("text", ["nvcr.io", "https://nvcr.io", "10.0.0.1:5000", "r.io/team/repo",
-                                  "https://index.docker.io/v1/", "a"])
+                                  "https://index.docker.io/v1/", "a", "r.io:5000/ünï/$+:'q=1"])
 def test_registry_hosts(text: str) -> None:
     assert is_registry_host(text)
 
 
 @pytest.mark.parametrize("text", ["", "http://r.io", "-r.io", "r.io-", "r io", "r.io:port",
-                                  "r.io/a,b", "r.io/ü", "r.io/\n", "r.io\n", "a" * 254,
+                                  "r.io/a,b", "r.io/\u202eevil", "r.io/zero\u200bwidth", "r.io/\n", "r.io\n",
+                                  "a" * 254,
                                   "r.io/" + "p" * 256, "user:pw@r.io", "r.io:123456"])
 def test_not_registry_hosts(text: str) -> None:
     assert not is_registry_host(text)
@@ -53,7 +54,7 @@ def _config_accepts(host: str) -> bool:
     return True
 
 
-_HOSTISH = st.text(alphabet="abcXYZ019.-:/,=_~ü\n https", min_size=1, max_size=40)
+_HOSTISH = st.text(alphabet="abcXYZ019.-:/,=_~ü\u202e\u200b\n\t https", min_size=1, max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
