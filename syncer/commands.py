@@ -27,7 +27,6 @@ from syncer.show import Inspector, TargetView, render, to_json
 from syncer.text import json_safe, safe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-COMMANDS = ("check", "show", "rollback")
 
 
 def add_subcommands(parser: argparse.ArgumentParser, log_levels: Sequence[str]) -> None:
@@ -84,7 +83,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str]) -
             return _emit(Preflight(settings, source, api, clients.prober).run(), args.output)
         if args.command == "show":
             return _show(args, settings, source, api)
-        return _rollback(args, settings, api)
+        return _rollback(args, api)
     finally:
         source.close()
 
@@ -175,7 +174,7 @@ def _show_image(args: argparse.Namespace, views: list[TargetView]) -> int:
     return EXIT_OK if choices and all(c.status == "ok" for c in choices) else EXIT_FAILED
 
 
-def _rollback(args: argparse.Namespace, settings: Settings, api: kube.Api) -> int:
+def _rollback(args: argparse.Namespace, api: kube.Api) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
     try:
         if args.file:

@@ -4,6 +4,12 @@ Every problem is collected with its key path (``registries[2].path``) and
 reported at once, so a user fixes a config in one round trip. Environment
 fallbacks (``VAULT_ADDR`` and friends) are applied here, from a mapping the
 caller passes in: nothing else in the package reads the environment.
+
+Each key's default is written once, as its dataclass field's default; bounds, trimming and
+environment fallbacks sit next to it (``setting(default, minimum=.., maximum=.., zero_ok=..,
+strip=.., env=..)``). ``Section.read`` fills every str/bool/int/duration/list field of a class
+from its table by the field's type, so a new plain key needs only its field (an int needs bounds);
+the per-table functions below (``_vault``, ``_probe``, ...) add only the checks that span keys.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 
-from syncer.config_parse import HOST, Section, name_problem, selector_problem
-from syncer.hosts import normalize_key
+from syncer.config_parse import Section, checks, name_problem, selector_problem, setting
+from syncer.hosts import is_registry_host, normalize_key
 from syncer.imageref import ImageRef, parse_image
 from syncer.proxies import proxy_problem
 
@@ -45,7 +51,7 @@ class VaultAuthSettings:
     method: str = "kubernetes"
     """``token``, ``approle``, ``kubernetes``, ``jwt`` or ``cert``; ``token`` when the
     config has no ``[vault.auth]`` table and ``VAULT_TOKEN`` is set."""
-    mount: str = ""
+    mount: str = setting("", strip="/")
     """Auth mount path; empty means the method's own name."""
     token_file: str = ""
     """token: file holding the token (re-read at each login)."""
@@ -82,16 +88,16 @@ class VaultAuthSettings:
 class VaultSettings:
     """Where credentials live."""
 
-    address: str = field(repr=False)
+    address: str = field(repr=False, metadata=checks(env=("VAULT_ADDR",)))
     """Vault URL, e.g. ``https://vault.example.com:8200``. May carry ``user:pw@`` for a
     proxy in front of Vault: print ``shown_address`` instead, never this."""
-    namespace: str = ""
+    namespace: str = setting("", env=("VAULT_NAMESPACE",))
     """Vault Enterprise / OpenBao namespace; empty for none."""
-    ca_cert: str = ""
+    ca_cert: str = setting("", env=("VAULT_CACERT",))
     """PEM bundle to verify Vault's TLS certificate; empty uses system CAs."""
-    kv_mount: str = "secret"
+    kv_mount: str = setting("secret", strip="/")
     """Mount point of the KV engine."""
-    kv_version: int = 2
+    kv_version: int = setting(2, minimum=1, maximum=2)
     """KV engine version, 1 or 2."""
     timeout: float = 10.0
     """Seconds per Vault request."""
@@ -151,14 +157,14 @@ class ProbeSettings:
     """Extra PEM bundle trusted for registries (added to the system CAs)."""
     verify_before_write: bool = True
     """Refuse to write credentials the registry rejects."""
-    retries: int = 2
+    retries: int = setting(2, minimum=0, maximum=10)
     """Retries for timeouts, 429 and 5xx (never for 401/403)."""
-    interval: float = 0.0
+    interval: float = setting(0.0, zero_ok=True)
     """Reuse a conclusive probe result of an unchanged login for this long; 0 = probe every cycle."""
     deadline: float = 60.0
     """Wall-clock seconds for one whole probe (every request, retry and back-off together);
     ``timeout`` still bounds each connect and read within it."""
-    proxy: str = ""
+    proxy: str = setting("", strip=True)
     """Egress proxy URL for probes (``http://`` or ``https://``, userinfo allowed, never printed);
     "" = from HTTPS_PROXY/NO_PROXY in the environment."""
 
@@ -169,9 +175,9 @@ class ScheduleSettings:
 
     interval: float = 300.0
     """Seconds between runs (ignored when ``cron`` is set)."""
-    jitter: float = 30.0
+    jitter: float = setting(30.0, zero_ok=True)
     """Random extra delay, up to this many seconds, to spread load."""
-    cron: str = ""
+    cron: str = setting("", strip=True)
     """A crontab expression (``*/5 * * * *``) instead of interval; empty = use interval."""
     retry_min: float = 10.0
     """First retry delay after a failed run; doubles per failure."""
@@ -179,13 +185,8 @@ class ScheduleSettings:
     """Upper bound of the retry delay."""
     run_timeout: float = 600.0
     """Per-run deadline: past it, remaining targets are skipped (each request has its own timeout)."""
-    stale_after: float = 0.0
-    """/readyz fails when the last success is older than this; 0 = 3 x interval."""
-
-    @property
-    def staleness(self) -> float:
-        """The effective readiness staleness."""
-        return self.stale_after or 3 * self.interval
+    stale_after: float = setting(0.0, zero_ok=True)
+    """/readyz fails when the last success is older than this; 0 = 3 x the run period."""
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ class LeaderElectionSettings:
     """Namespace of the Lease; required when enabled."""
     name: str = "registry-credential-syncer"
     """Name of the Lease."""
-    identity: str = ""
+    identity: str = setting("", env=("POD_NAME", "HOSTNAME"))
     """This replica's identity; empty = POD_NAME, else HOSTNAME."""
     lease_duration: float = 15.0
     """How long a lease is valid without renewal."""
@@ -214,9 +215,9 @@ class MetricsSettings:
     """Listen address."""
     port: int = 9102
     """Listen port."""
-    handler_timeout: float = 5.0
+    handler_timeout: float = setting(5.0, maximum=60.0, why="the kubelet's probe gives up long before")
     """Seconds a client has to send its request and read the answer; then it is disconnected."""
-    max_connections: int = 32
+    max_connections: int = setting(32, minimum=1, maximum=1024)
     """Connections served at once; a newcomer beyond it displaces the oldest unfinished request."""
 
 
@@ -224,9 +225,9 @@ class MetricsSettings:
 class SyncSettings:
     """Behaviour of one sync cycle."""
 
-    conflict_retries: int = 5
+    conflict_retries: int = setting(5, minimum=0, maximum=50)
     """How often a write is re-read and re-merged after a 409 Conflict."""
-    concurrency: int = 16
+    concurrency: int = setting(16, minimum=1, maximum=256)
     """Upper bound on parallel Vault reads, probes, target syncs and Event sends."""
 
 
@@ -236,7 +237,7 @@ class RegistrySettings:
 
     host: str
     """The key written under ``auths`` (may carry a port or be the Docker Hub URL)."""
-    path: str
+    path: str = field(metadata=checks(strip="/"))
     """KV path below ``vault.kv_mount``."""
     username_key: str = "username"
     """Field of the KV secret holding the username."""
@@ -263,7 +264,7 @@ class TargetSettings:
     """Hosts managed in this secret; empty means every configured registry."""
     create: bool = False
     """Create the secret (type kubernetes.io/dockerconfigjson) when missing."""
-    namespace_selector: str = ""
+    namespace_selector: str = setting("", strip=True)
     """Label selector over namespaces (instead of ``namespace``): one secret per matching namespace."""
     service_accounts: tuple[str, ...] = ()
     """ServiceAccounts whose imagePullSecrets get a reference to this secret when it is missing."""
@@ -322,21 +323,15 @@ class Settings:
 def _vault_auth(sec: Section, env: Mapping[str, str], present: bool) -> VaultAuthSettings:
     # VAULT_TOKEN alone selects token auth, as every Vault client does; any [vault.auth]
     # table is explicit configuration and wins.
-    method = sec.get_str("method", "token" if env.get("VAULT_TOKEN") and not present else "kubernetes")
+    method = sec.value(VaultAuthSettings, "method",
+                       default="token" if env.get("VAULT_TOKEN") and not present else None)
     if method not in AUTH_METHODS:
         sec.problem("method", f"must be one of {', '.join(AUTH_METHODS)} (got {method!r})")
+    jwt_default = {"jwt_file": DEFAULT_AUDIENCE_JWT_FILE} if method == "jwt" else {}
     auth = VaultAuthSettings(
         method=method,
-        mount=sec.get_str("mount").strip("/"),
-        token_file=sec.get_str("token_file"),
         token="" if "token_file" in sec.data else env.get("VAULT_TOKEN", ""),
-        role_id=sec.get_str("role_id"),
-        secret_id_file=sec.get_str("secret_id_file"),
-        role=sec.get_str("role"),
-        jwt_file=sec.get_str(
-            "jwt_file", DEFAULT_AUDIENCE_JWT_FILE if method == "jwt" else DEFAULT_JWT_FILE),
-        client_cert=sec.get_str("client_cert"),
-        client_key=sec.get_str("client_key"),
+        **sec.read(VaultAuthSettings, skip=("method", "token"), defaults=jwt_default),
     )
     required: dict[str, tuple[str, ...]] = {
         "approle": ("role_id", "secret_id_file"),
@@ -359,17 +354,13 @@ def _url(sec: Section, name: str, value: str) -> None:
 
 
 def _vault(sec: Section, env: Mapping[str, str]) -> VaultSettings:
-    address = sec.get_str("address") or env.get("VAULT_ADDR", "")
+    address = sec.value(VaultSettings, "address", env)
     if not address:
         sec.problem("address", "is required (or set VAULT_ADDR)")
     _url(sec, "address", without_userinfo(address))
     settings = VaultSettings(
         address=address.rstrip("/"),
-        namespace=sec.get_str("namespace") or env.get("VAULT_NAMESPACE", ""),
-        ca_cert=sec.get_str("ca_cert") or env.get("VAULT_CACERT", ""),
-        kv_mount=sec.get_str("kv_mount", "secret").strip("/"),
-        kv_version=sec.get_int("kv_version", 2, 1, 2),
-        timeout=sec.get_duration("timeout", 10.0),
+        **sec.read(VaultSettings, env, skip=("address",)),
         auth=_vault_auth(sec.table("auth"), env, present="auth" in sec.data),
     )
     if not settings.kv_mount:
@@ -382,29 +373,13 @@ def _vault(sec: Section, env: Mapping[str, str]) -> VaultSettings:
 
 
 def _kubernetes(sec: Section) -> KubernetesSettings:
-    settings = KubernetesSettings(
-        kubeconfig=sec.get_str("kubeconfig"),
-        context=sec.get_str("context"),
-        timeout=sec.get_duration("timeout", 15.0),
-        events=sec.get_bool("events", True),
-        event_window=sec.get_duration("event_window", 600.0),
-        list_secrets=sec.get_bool("list_secrets", True),
-    )
+    settings = KubernetesSettings(**sec.read(KubernetesSettings))
     sec.finish()
     return settings
 
 
 def _probe(sec: Section) -> ProbeSettings:
-    settings = ProbeSettings(
-        enabled=sec.get_bool("enabled", True),
-        timeout=sec.get_duration("timeout", 10.0),
-        ca_cert=sec.get_str("ca_cert"),
-        verify_before_write=sec.get_bool("verify_before_write", True),
-        retries=sec.get_int("retries", 2, 0, 10),
-        interval=sec.get_duration("interval", 0.0, positive=False),
-        deadline=sec.get_duration("deadline", 60.0),
-        proxy=sec.get_str("proxy").strip(),
-    )
+    settings = ProbeSettings(**sec.read(ProbeSettings))
     if settings.proxy and (problem := proxy_problem(settings.proxy)):
         sec.problem("proxy", problem)
     sec.finish()
@@ -412,15 +387,7 @@ def _probe(sec: Section) -> ProbeSettings:
 
 
 def _schedule(sec: Section) -> ScheduleSettings:
-    settings = ScheduleSettings(
-        interval=sec.get_duration("interval", 300.0),
-        jitter=sec.get_duration("jitter", 30.0, positive=False),
-        cron=sec.get_str("cron").strip(),
-        retry_min=sec.get_duration("retry_min", 10.0),
-        retry_max=sec.get_duration("retry_max", 300.0),
-        run_timeout=sec.get_duration("run_timeout", 600.0),
-        stale_after=sec.get_duration("stale_after", 0.0, positive=False),
-    )
+    settings = ScheduleSettings(**sec.read(ScheduleSettings))
     if settings.cron and "interval" in sec.data:
         sec.problem("cron", "set either interval or cron, not both")
     if settings.cron:
@@ -435,14 +402,7 @@ def _schedule(sec: Section) -> ScheduleSettings:
 
 
 def _leader_election(sec: Section, env: Mapping[str, str]) -> LeaderElectionSettings:
-    settings = LeaderElectionSettings(
-        enabled=sec.get_bool("enabled", False),
-        namespace=sec.get_str("namespace"),
-        name=sec.get_str("name", "registry-credential-syncer"),
-        identity=sec.get_str("identity") or env.get("POD_NAME") or env.get("HOSTNAME", ""),
-        lease_duration=sec.get_duration("lease_duration", 15.0),
-        renew_period=sec.get_duration("renew_period", 5.0),
-    )
+    settings = LeaderElectionSettings(**sec.read(LeaderElectionSettings, env))
     if settings.lease_duration < 1:  # Lease.spec.leaseDurationSeconds holds whole seconds, > 0
         sec.problem("lease_duration", "must be at least 1s (the Lease holds whole seconds; "
                     f"got {settings.lease_duration:g}s)")
@@ -461,51 +421,36 @@ def _leader_election(sec: Section, env: Mapping[str, str]) -> LeaderElectionSett
 
 
 def _metrics(sec: Section) -> MetricsSettings:
-    listen = sec.get_str("listen", "0.0.0.0:9102")
+    default = MetricsSettings()
+    listen = sec.get_str("listen", f"{default.host}:{default.port}")
     host, _, port = listen.rpartition(":")
     if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         sec.problem("listen", f"must be HOST:PORT (got {listen!r})")
-        host, port = "0.0.0.0", "9102"  # noqa: S104
-    default = MetricsSettings()
-    timeout = sec.get_duration("handler_timeout", default.handler_timeout)
-    if timeout > 60:
-        sec.problem("handler_timeout", "must be at most 60s (the kubelet's probe gives up long before)")
-        timeout = default.handler_timeout
-    connections = sec.get_int("max_connections", default.max_connections, 1, 1024)
+        host, port = default.host, str(default.port)
+    settings = MetricsSettings(host=host.strip("[]"), port=int(port),
+                               **sec.read(MetricsSettings, skip=("host", "port")))
     sec.finish()
-    return MetricsSettings(host=host.strip("[]"), port=int(port), handler_timeout=timeout,
-                           max_connections=connections)
+    return settings
 
 
 def _sync(sec: Section) -> SyncSettings:
-    settings = SyncSettings(
-        conflict_retries=sec.get_int("conflict_retries", 5, 0, 50),
-        concurrency=sec.get_int("concurrency", 16, 1, 256),
-    )
+    settings = SyncSettings(**sec.read(SyncSettings))
     sec.finish()
     return settings
 
 
 def _registry(sec: Section) -> RegistrySettings:
-    host = sec.get_str("host")
-    path = sec.get_str("path").strip("/")
+    host, path = sec.value(RegistrySettings, "host"), sec.value(RegistrySettings, "path")
     if not host:
         sec.problem("host", "is required")
     elif host.startswith("http://"):
         sec.problem("host", "plain-HTTP registries are refused; the registry must serve HTTPS")
-    elif not HOST.match(host):
+    elif not is_registry_host(host):
         sec.problem("host", f"is not a registry host (got {host!r})")
     if not path:
         sec.problem("path", "is required")
-    settings = RegistrySettings(
-        host=host,
-        path=path,
-        username_key=sec.get_str("username_key", "username"),
-        password_key=sec.get_str("password_key", "password"),
-        username=sec.get_str("username"),
-        email=sec.get_str("email"),
-        verify_images=_verify_images(sec, host),
-    )
+    settings = RegistrySettings(host=host, path=path, verify_images=_verify_images(sec, host),
+                                **sec.read(RegistrySettings, skip=("host", "path", "verify_images")))
     for key in ("username_key", "password_key"):
         if not getattr(settings, key):
             sec.problem(key, "must not be empty")
@@ -531,17 +476,7 @@ def _verify_images(sec: Section, host: str) -> tuple[ImageRef, ...]:
 
 
 def _target(sec: Section, hosts: set[str]) -> TargetSettings:
-    target = TargetSettings(
-        namespace=sec.get_str("namespace"),
-        name=sec.get_str("name"),
-        registries=sec.get_str_list("registries"),
-        create=sec.get_bool("create", False),
-        namespace_selector=sec.get_str("namespace_selector").strip(),
-        service_accounts=sec.get_str_list("service_accounts"),
-        drift=sec.get_str("drift", "repair"),
-        prune=sec.get_bool("prune", False),
-        file=sec.get_str("file"),
-    )
+    target = TargetSettings(**sec.read(TargetSettings))
     _file_target(sec, target)
     if target.drift not in DRIFT_MODES:
         sec.problem("drift", f"must be one of {', '.join(DRIFT_MODES)} (got {target.drift!r})")

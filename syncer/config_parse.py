@@ -1,11 +1,12 @@
 """Reading config values: one TOML table at a time (``Section``), with key paths for every
-problem, and the value checks (durations, Kubernetes names, label selectors, registry hosts).
+problem, and the value checks (durations, Kubernetes names, label selectors).
 
 Pure: no I/O. ``config`` builds the settings objects from these.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -13,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-HOST = re.compile(r"^(https://)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:\d{1,5})?(/[^\s\x00-\x1f\x7f-\x9f]*)?\Z")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _DNS_LABEL_ONLY = re.compile(rf"^{_DNS_LABEL}$")
@@ -91,6 +91,30 @@ def parse_duration(value: object) -> float:
     raise ValueError("expected a duration like '90s', '5m' or '1h30m'")
 
 
+def checks(*, minimum: int | None = None, maximum: float | None = None, why: str = "",
+           zero_ok: bool = False, strip: bool | str = False,
+           env: tuple[str, ...] = ()) -> dict[str, Any]:
+    """How ``Section.value`` checks a settings field (its ``metadata``), declared next to it.
+
+    ``minimum``/``maximum`` bound an integer (both required) or cap a duration (``why`` says
+    why); durations must be > 0 unless ``zero_ok``; ``strip`` trims a string (True: whitespace,
+    a str: those characters); ``env`` names variables read, in order, when the key is unset or empty.
+    """
+    return {"minimum": minimum, "maximum": maximum, "why": why, "zero_ok": zero_ok,
+            "strip": strip, "env": env}
+
+
+def setting(default: Any, **check: Any) -> Any:
+    """A settings field with its one default and its ``checks``. (A field without a default
+    uses ``dataclasses.field(metadata=checks(...))``, which mypy sees as required.)"""
+    return dataclasses.field(default=default, metadata=checks(**check))
+
+
+_EMPTY: dict[str, Any] = {"str": "", "tuple[str, ...]": ()}
+"""What a field without a default reads as when its key is missing (its own check says "required")."""
+_PLAIN = {"str", "bool", "int", "float", "tuple[str, ...]"}
+
+
 class Section:
     """Typed access to one TOML table that records problems instead of raising."""
 
@@ -156,6 +180,48 @@ class Section:
             self.problem(name, "must be a list of strings")
             return ()
         return tuple(value)
+
+    def value(self, cls: type[Any], name: str, env: Mapping[str, str] | None = None, *,
+              default: Any = None) -> Any:
+        """Key ``name`` read as ``cls``'s field of that name declares it: by its annotation
+        (str, bool, int, float = a duration, tuple[str, ...]), with its default (unless
+        ``default`` is given) and its ``checks``."""
+        spec = {f.name: f for f in dataclasses.fields(cls)}[name]
+        kind, meta = str(spec.type), spec.metadata
+        if kind not in _PLAIN or kind == "int" and meta.get("minimum") is None:
+            raise TypeError(f"{cls.__name__}.{name}: a {kind} setting needs its own reader"
+                            if kind not in _PLAIN else f"{cls.__name__}.{name}: an int needs bounds")
+        if default is None:
+            default = _EMPTY[kind] if spec.default is dataclasses.MISSING else spec.default
+        if kind == "bool":
+            return self.get_bool(name, default)
+        if kind == "int":
+            return self.get_int(name, default, meta["minimum"], meta["maximum"])
+        if kind == "float":
+            return self._duration(name, default, meta)
+        if kind == "tuple[str, ...]":
+            return self.get_str_list(name)
+        text = self.get_str(name, default)
+        strip = meta.get("strip", False)
+        text = text.strip() if strip is True else text.strip(strip) if strip else text
+        for var in meta.get("env", ()):
+            text = text or (env or {}).get(var, "")
+        return text
+
+    def read(self, cls: type[Any], env: Mapping[str, str] | None = None, *,
+             skip: tuple[str, ...] = (), defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every plain-valued field of ``cls`` but ``skip``, in declaration order (so problems are
+        reported in that order): name -> value, for ``cls(**values, ...)``."""
+        defaults = defaults or {}
+        return {f.name: self.value(cls, f.name, env, default=defaults.get(f.name))
+                for f in dataclasses.fields(cls) if f.name not in skip and str(f.type) in _PLAIN}
+
+    def _duration(self, name: str, default: float, meta: Mapping[str, Any]) -> float:
+        value = self.get_duration(name, default, positive=not meta.get("zero_ok", False))
+        if (maximum := meta.get("maximum")) is not None and value > maximum:
+            self.problem(name, f"must be at most {maximum:g}s ({meta['why']})")
+            return default
+        return value
 
     def table(self, name: str) -> Section:
         self.seen.add(name)

@@ -15,12 +15,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from syncer.config import KubernetesSettings
 from syncer.kube import JSON, MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
-from syncer.text import safe
+from syncer.text import rfc3339, safe
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +59,6 @@ class _Seen:
 
 def _key(spec: EventSpec) -> tuple[str, str, str, str]:
     return spec.namespace, spec.name, spec.reason, spec.message
-
-
-def _timestamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class EventRecorder:
@@ -107,7 +102,7 @@ class EventRecorder:
             if seen is not None and now - seen.last <= self.window:
                 seen.count += 1
                 seen.last = now
-                patch = {"count": seen.count, "lastTimestamp": _timestamp(now)}
+                patch = {"count": seen.count, "lastTimestamp": rfc3339(now)}
             else:
                 seen = None
         if seen is not None:
@@ -128,7 +123,7 @@ class EventRecorder:
             del self._seen[key]
 
     def _create(self, spec: EventSpec, name: str, now: float) -> bool:
-        stamp = _timestamp(now)
+        stamp = rfc3339(now)
         body = {
             "apiVersion": "v1",
             "kind": "Event",

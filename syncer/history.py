@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from syncer import dockerconfig, filetarget
 from syncer.filetarget import FileSnapshot, FileStore
 from syncer.kube import KubeError, KubeErrorKind, SecretSnapshot, SecretStore
 from syncer.sync import LAST_WRITE, document
-from syncer.text import safe
+from syncer.text import rfc3339, safe
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def rollback(snapshot: SecretSnapshot | FileSnapshot | None, ref: str,
         result.message = f"refused: the content is malformed ({exc}); fix it by hand"
         return result
     result.changed = differences(current, restored)
-    stamp = datetime.fromtimestamp(clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = rfc3339(clock())
     if dry_run:
         result.ok, result.message = True, "would restore the previous content (dry-run; nothing written)"
         return result

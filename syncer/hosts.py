@@ -25,13 +25,16 @@ def normalize_key(key: str) -> str:
     return host.lower() + sep + path
 
 
-# A registry host as config validation accepts it (see config_parse.HOST), but anchored with \Z and
-# with the path limited to printable ASCII, so text read back from a Secret (the managed-hosts
-# annotation, which tenants can edit) is taken only when it could have been written by us.
+# The one registry-host pattern: config validation accepts a host only if it matches, and text read
+# back from a Secret (the managed-hosts annotation, which tenants can edit) is taken only when it
+# matches, i.e. when it could have been written by us. The path may hold any printable character but
+# whitespace and ',' (the annotation's separator), so every configured host survives the round trip
+# through the annotation; the lengths are bounded (a DNS name, a 255-character path).
 _REGISTRY_HOST = re.compile(
-    r"(https://)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:\d{1,5})?(/[!-+\--~]{0,255})?\Z")
+    r"(https://)?[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(:\d{1,5})?(/[^\s,]{0,255})?\Z")
 
 
 def is_registry_host(text: str) -> bool:
-    """True for ``host[:port][/path]`` (a DNS name or IPv4 address); False for anything else."""
-    return _REGISTRY_HOST.match(text) is not None
+    """True for ``host[:port][/path]`` (a DNS name or IPv4 address); False for anything else,
+    including controls, bidi and zero-width characters anywhere (``str.isprintable``)."""
+    return text.isprintable() and _REGISTRY_HOST.match(text) is not None

@@ -75,13 +75,14 @@ def parse_image(text: str, registry_host: str) -> ImageRef:
         raise ValueError(f"names the host {host!r}, not this registry's host {_hostport(registry_host)!r}; "
                          "canary images must live on the registry whose credentials they check")
     name, at, digest = rest.partition("@")
-    tag = ""
+    tag, tagged = "", False
     last_slash = name.rfind("/")
     if ":" in name[last_slash + 1:]:
         name, _, tag = name.rpartition(":")
+        tagged = True
     if at and not (_DIGEST.match(digest) and (not digest.startswith("sha256:") or _SHA256.match(digest))):
         raise ValueError(f"has an invalid digest {digest!r} (expected sha256:<64 hex digits>)")
-    if tag and not _TAG.match(tag):
+    if tagged and not _TAG.match(tag):
         raise ValueError(f"has an invalid tag {tag!r}")
     components = name.split("/")
     if not name or not all(_COMPONENT.match(c) for c in components):

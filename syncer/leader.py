@@ -13,21 +13,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from syncer.config import LeaderElectionSettings
 from syncer.kube import MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
+from syncer.text import rfc3339_micro
 
 log = logging.getLogger(__name__)
 TIMEOUT = 5.0
 """Seconds per Lease request: short, so a hung API server cannot outlast the lease."""
-
-
-def _micro_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaseElector:
@@ -105,7 +101,7 @@ class LeaseElector:
         return api_path("leases", self.settings.namespace, name, group="coordination.k8s.io")
 
     def _spec(self, acquired: bool, transitions: int) -> dict[str, Any]:
-        now = _micro_time(self.wall())
+        now = rfc3339_micro(self.wall())
         spec: dict[str, Any] = {"holderIdentity": self.identity, "renewTime": now,
                                 "leaseDurationSeconds": int(self.settings.lease_duration),
                                 "leaseTransitions": transitions}
@@ -169,7 +165,7 @@ class LeaseElector:
                 return
             body = {"metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
                     "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
-                             "renewTime": _micro_time(self.wall())}}
+                             "renewTime": rfc3339_micro(self.wall())}}
             self._patch(body)
             log.info("released lease %s", self.ref)
         except TRANSPORT_ERRORS as exc:

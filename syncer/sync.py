@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from syncer import dockerconfig, drift, filetarget, logs
@@ -41,7 +40,7 @@ from syncer.report import (
     TargetReport,
     record_pulls,
 )
-from syncer.text import safe
+from syncer.text import rfc3339, safe
 from syncer.vault import VaultError, VaultSource
 
 log = logging.getLogger(__name__)
@@ -481,7 +480,7 @@ class Syncer:
         hosts = (set(managed) | written) - set(pruned)
         versions = {h: v for h, v in recorded.items() if h in hosts}
         versions.update({h: v for h in written if (v := wanted[h].version) is not None})
-        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = rfc3339(self.clock())
         return {MANAGED_HOSTS: ",".join(sorted(hosts)), VAULT_VERSIONS: drift.format_versions(versions),
                 LAST_WRITE: stamp}
 

@@ -9,9 +9,14 @@ escape rewrites an operator's terminal, a bidi override reorders what they read 
 Backslashes are deliberately left alone: the result only has to be inert, not reversible, and
 doubling backslashes would make Windows paths and regexes in messages unreadable and escape
 twice where a value passes through two boundaries (a report line that is logged too).
+
+The other text the syncer writes for others to read, timestamps, has its one format here too:
+RFC 3339 in UTC as Kubernetes writes it (``rfc3339``, ``rfc3339_micro``).
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 DEFAULT_LIMIT = 200
 """Characters kept of one outside value (an auths key, a username, a registry's error text)."""
@@ -87,3 +92,14 @@ def _json_escape(ch: str) -> str:
         return f"\\u{code:04x}"
     code -= 0x10000  # a UTF-16 surrogate pair, as JSON spells code points above U+FFFF
     return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def rfc3339(epoch: float) -> str:
+    """``2026-11-29T08:15:00Z``: a ``metav1.Time`` (Event timestamps, our ``last-write``
+    annotations), whole seconds."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339_micro(epoch: float) -> str:
+    """``2026-11-29T08:15:00.123456Z``: a ``metav1.MicroTime`` (a Lease's ``renewTime``)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
