@@ -116,7 +116,8 @@ def test_scoped_target_run_repairs_one_deleted_secret(world: World, logins: dict
     assert [t.target.name for t in summary.targets] == [C]
     assert summary.targets[0].outcome.value == "created"
     assert world.kube.writes() == 1
-    assert sorted(world.secret_doc(NS, C)["auths"]) == sorted([logins["ngc"]["host"], logins["alias"]["host"]])
+    hosts = [logins["ngc"]["host"], logins["alias"]["host"]]
+    assert sorted(world.secret_doc(NS, C)["auths"]) == sorted(hosts)
 
 
 def test_empty_scope_touches_nothing(world: World, logins: dict[str, Any]) -> None:
@@ -398,3 +399,35 @@ def test_sigusr1_runs_a_full_cycle_now(world: World, logins: dict[str, Any]) -> 
         assert "full cycle requested (SIGUSR1)" in daemon.output()
     finally:
         assert daemon.stop() == 0
+
+
+def test_check_warns_when_the_policy_hides_metadata(world: World, logins: dict[str, Any]) -> None:
+    import contextlib
+    import io
+    import json
+
+    from syncer.cli import main
+
+    world.kube.add_namespace("unused")
+    policy = f"{world.prefix}-check"
+    read = '{ capabilities = ["read"] }'
+    world.bao.write_policy(policy, f'path "secret/data/{world.prefix}/*" {read}\n'
+                                   f'path "secret/metadata/{world.prefix}/alias" {read}')
+    token = world.bao.create_token([policy])
+    world.secrets.add(token)
+    world.token_file.write_text(token)
+    config = world.config([logins["ngc"], logins["alias"]], three_targets(logins))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["check", "--config", str(config), "--output", "json"], env={})
+    world.assert_no_leak(out.getvalue(), "check output")
+    checks = {c["name"]: c for c in json.loads(out.getvalue())["checks"]}
+    ngc_meta, alias_meta = (f"vault.poll secret/metadata/{world.path(n)}" for n in ("ngc", "alias"))
+    assert checks[ngc_meta]["status"] == "WARN"
+    assert 'vault.poll_interval = "0s"' in checks[ngc_meta]["hint"]
+    assert checks[alias_meta]["status"] == "OK"
+    off = world.config([logins["ngc"], logins["alias"]], three_targets(logins), vault={"poll_interval": "0s"})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main(["check", "--config", str(off), "--output", "json"], env={})
+    assert not [c for c in json.loads(out.getvalue())["checks"] if c["name"].startswith("vault.poll")]
