@@ -431,3 +431,72 @@ def test_check_warns_when_the_policy_hides_metadata(world: World, logins: dict[s
     with contextlib.redirect_stdout(out):
         main(["check", "--config", str(off), "--output", "json"], env={})
     assert not [c for c in json.loads(out.getvalue())["checks"] if c["name"].startswith("vault.poll")]
+
+
+# --------------------------------------------------------------------------- the daemon, wired
+
+
+def test_daemon_rotation_reaches_secrets_at_the_poll_not_the_interval(
+        world: World, logins: dict[str, Any]) -> None:
+    """The whole wiring: scheduler, poll job, reactor thread. A 60 s cycle, a 300 ms poll."""
+    app = app_for(world, logins, schedule={"interval": "60s", "jitter": "0s"},
+                  vault={"poll_interval": "300ms"})
+    daemon, registry = make_daemon(app)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 10
+        while daemon.runs < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the poll's baseline
+        new = rotate(world, logins)
+        t0 = time.monotonic()
+        host = logins["ngc"]["host"]
+        while time.monotonic() - t0 < 10 and not password(world, A, host) == new == password(world, C, host):
+            time.sleep(0.05)
+        elapsed = time.monotonic() - t0
+    finally:
+        daemon.shutdown()
+    assert password(world, A, host) == new and password(world, C, host) == new
+    assert elapsed < 3, f"took {elapsed:.1f}s"
+    assert daemon.runs == 1, "the scoped path did it, not another cycle"
+    assert registry.get_sample_value("syncer_propagation_seconds_count") == 1
+    assert daemon.reactor is not None and daemon.reactor._thread is not None
+    assert not daemon.reactor._thread.is_alive(), "shutdown stops the reactor thread"
+
+
+def test_scoped_run_waits_for_the_full_cycle(world: World, logins: dict[str, Any]) -> None:
+    app = app_for(world, logins)
+    daemon, _ = make_daemon(app)
+    assert app.syncer.run_once().ok
+    world.kube.delete_secret(NS, A)
+    clock = FakeClock()
+    reactor = Reactor(daemon.metrics, clock=clock)
+    reactor.submit_targets("secret_deleted", [(NS, A)])
+    clock.advance(1)
+    with daemon._running:  # a full cycle is in flight
+        worker = threading.Thread(target=reactor.process, args=(daemon.run_batch,))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and world.kube.get_secret(NS, A) is None
+    worker.join(10)
+    assert world.kube.get_secret(NS, A) is not None
+
+
+def test_stop_between_writes_skips_the_rest(world: World, logins: dict[str, Any]) -> None:
+    app = app_for(world, logins)
+    daemon, _ = make_daemon(app)
+    assert app.syncer.run_once().ok
+    for name in (A, B, C):
+        world.kube.delete_secret(NS, name)
+    world.kube.reset_requests()
+    app.stop.set()
+    summary = app.syncer.run_once(Scope.of(targets=[(NS, A), (NS, B), (NS, C)]))
+    assert {t.outcome.value for t in summary.targets} == {"skipped"}
+    assert world.kube.writes() == 0
+    assert daemon.run_batch(_batch_of(Scope.of(targets=[(NS, A)]))) is None, "no run once stopping"
+
+
+def _batch_of(scope: Scope) -> Any:
+    from syncer.reactor import Batch
+
+    return Batch(scope=scope)
