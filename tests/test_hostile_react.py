@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,24 +15,12 @@ from syncer.cli import build_app, make_daemon
 from syncer.reactor import Reactor
 from syncer.triggers import reload_settings
 from syncer.vault_watch import VersionWatcher
+from tests.support.operator import NS
 from tests.support.vault_fixtures import FakeClock
 from tests.support.world import World, sentinel
 
-NS, NAME = "tenant", "pull"
-
-
-@pytest.fixture
-def world(tmp_path: Path, bao: Any, kube: Any, ca_file: str) -> World:
-    kube.add_namespace(NS)
-    return World(tmp_path, bao, kube, ca_file)
-
-
-@pytest.fixture
-def ngc(world: World, htpasswd_registry: Any) -> dict[str, Any]:
-    key = sentinel("ngc")
-    htpasswd_registry.set_password("$oauthtoken", key)
-    world.vault_put("ngc", password=key)
-    return {"host": htpasswd_registry.host, "path": "ngc", "username": "$oauthtoken"}
+pytest_plugins = ["tests.support.operator_fixtures"]  # the world and ngc fixtures
+NAME = "pull"
 
 
 def test_event_storm_on_one_secret_is_bounded_by_time_not_by_events(

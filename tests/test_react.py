@@ -23,17 +23,12 @@ from syncer.scope import Scope
 from syncer.vault_watch import VersionWatcher
 from tests.support.httpcount import CountingProxy
 from tests.support.net import free_port
+from tests.support.operator import NS, run_cmd
 from tests.support.vault_fixtures import FakeClock
 from tests.support.world import DaemonProcess, World, sentinel
 
-NS = "team-a"
+pytest_plugins = ["tests.support.operator_fixtures"]  # the world fixture
 A, B, C = "pull-ngc", "pull-alias", "pull-all"
-
-
-@pytest.fixture
-def world(tmp_path: Path, bao: Any, kube: Any, ca_file: str) -> World:
-    kube.add_namespace(NS)
-    return World(tmp_path, bao, kube, ca_file)
 
 
 @pytest.fixture
@@ -77,6 +72,13 @@ def faked(app: App, clock: FakeClock) -> tuple[Daemon, CollectorRegistry]:
     daemon.reactor = Reactor(daemon.metrics, clock=clock)
     daemon.watcher = VersionWatcher(app.syncer.vault, daemon.reactor.submit_registries, clock)
     return daemon, registry
+
+
+def until(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` every 20 ms; a timeout is left to the assertions that follow."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def password(world: World, name: str, host: str) -> str:
@@ -187,9 +189,7 @@ def test_reactor_thread_coalesces_concurrent_submits(world: World, logins: dict[
             t.start()
         for t in threads:
             t.join()
-        deadline = time.monotonic() + 5
-        while world.kube.get_secret(NS, B) is None and time.monotonic() < deadline:
-            time.sleep(0.02)
+        until(lambda: world.kube.get_secret(NS, B) is not None)
         time.sleep(0.4)  # a second batch, if any, would have run by now
     finally:
         reactor.stop()
@@ -402,11 +402,7 @@ def test_sigusr1_runs_a_full_cycle_now(world: World, logins: dict[str, Any]) -> 
 
 
 def test_check_warns_when_the_policy_hides_metadata(world: World, logins: dict[str, Any]) -> None:
-    import contextlib
-    import io
     import json
-
-    from syncer.cli import main
 
     world.kube.add_namespace("unused")
     policy = f"{world.prefix}-check"
@@ -417,21 +413,15 @@ def test_check_warns_when_the_policy_hides_metadata(world: World, logins: dict[s
     world.secrets.add(token)
     world.token_file.write_text(token)
     config = world.config([logins["ngc"], logins["alias"]], three_targets(logins))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main(["check", "--config", str(config), "--output", "json"], env={})
-    world.assert_no_leak(out.getvalue(), "check output")
-    checks = {c["name"]: c for c in json.loads(out.getvalue())["checks"]}
+    result = run_cmd(world, "check", config, "--output", "json")
+    checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
     ngc_meta, alias_meta = (f"vault.poll secret/metadata/{world.path(n)}" for n in ("ngc", "alias"))
     assert checks[ngc_meta]["status"] == "WARN"
     assert 'vault.poll_interval = "0s"' in checks[ngc_meta]["hint"]
     assert checks[alias_meta]["status"] == "OK"
     off = world.config([logins["ngc"], logins["alias"]], three_targets(logins), vault={"poll_interval": "0s"})
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        main(["check", "--config", str(off), "--output", "json"], env={})
-    assert not [c for c in json.loads(out.getvalue())["checks"] if c["name"].startswith("vault.poll")]
-
+    result = run_cmd(world, "check", off, "--output", "json")
+    assert not [c for c in json.loads(result.out)["checks"] if c["name"].startswith("vault.poll")]
 
 # --------------------------------------------------------------------------- the daemon, wired
 
@@ -443,16 +433,13 @@ def test_daemon_rotation_reaches_secrets_at_the_poll_not_the_interval(
                   vault={"poll_interval": "300ms"})
     daemon, registry = make_daemon(app)
     daemon.start()
+    host = logins["ngc"]["host"]
     try:
-        deadline = time.monotonic() + 10
-        while daemon.runs < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        until(lambda: daemon.runs >= 1)
         time.sleep(0.5)  # the poll's baseline
         new = rotate(world, logins)
         t0 = time.monotonic()
-        host = logins["ngc"]["host"]
-        while time.monotonic() - t0 < 10 and not password(world, A, host) == new == password(world, C, host):
-            time.sleep(0.05)
+        until(lambda: password(world, A, host) == new == password(world, C, host))
         elapsed = time.monotonic() - t0
     finally:
         daemon.shutdown()
