@@ -197,13 +197,16 @@ class Bench:
         every affected secret (all T) written, timed from the Vault write; then ``idle`` s of
         steady state, counting requests."""
         port = free_port()
-        config = self.config(16, schedule={"interval": "1h", "jitter": "0s"},
-                             metrics={"listen": f"127.0.0.1:{port}"}, vault={"poll_interval": f"{poll}s"})
-        proc = subprocess.Popen(syncer_cmd(config, "--log-level", "warning"), cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        # The shipped defaults: list_secrets on (one LIST per scoped sync instead of T GETs).
+        config = self.config(16, list_secrets=True, schedule={"interval": "1h", "jitter": "0s"},
+                             metrics={"listen": f"127.0.0.1:{port}"}, vault={"poll_interval": poll})
+        log_path = self.work / "react-daemon.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(syncer_cmd(config, "--log-level", "warning"), cwd=ROOT,
+                                    stdout=log_file, stderr=subprocess.STDOUT,
+                                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
         try:
-            scrape = self._wait_first_cycle(port)
+            scrape = self._wait_first_cycle(port, proc, log_path)
             time.sleep(poll + 0.5)  # the poll's baseline
             latencies = [self._one_rotation(self.logins[i % self.R], poll) for i in range(rotations)]
             self.vault.reset()
@@ -225,12 +228,14 @@ class Bench:
                                                   / count, 3) if count else None,
                 "propagation_count": count, "idle_seconds": idle, "steady": steady}
 
-    def _wait_first_cycle(self, port: int) -> Any:
+    def _wait_first_cycle(self, port: int, proc: subprocess.Popen[bytes], log_path: Path) -> Any:
         def scrape() -> str:
             return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
 
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
             try:
                 if (metric_value(scrape(), "syncer_last_run_timestamp_seconds") or 0) > 0:
                     return scrape
