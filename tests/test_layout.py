@@ -31,6 +31,7 @@ COVERED_BY = {
     "scope": "test_react",
     "triggers": "test_react",
     "vault_watch": "test_react",
+    "watch_react": "test_react",
 }
 """Modules whose behaviour is tested, against the real servers, by a module of another name."""
 

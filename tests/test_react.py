@@ -487,3 +487,52 @@ def _batch_of(scope: Scope) -> Any:
     from syncer.reactor import Batch
 
     return Batch(scope=scope)
+
+
+# --------------------------------------------------------------------------- watches -> reactor
+
+
+def test_watch_bridge_repairs_deleted_and_drifted_secrets_and_serves_new_namespaces(
+        world: World, logins: dict[str, Any]) -> None:
+    """Real informers (TargetWatches) on the test API server, bridged to the reactor."""
+    from syncer.informer import TargetWatches
+    from syncer.watch_react import WatchBridge
+
+    world.kube.add_namespace("ml-a", {"pull": "yes"})
+    ngc = logins["ngc"]["host"]
+    targets = [{"namespace": NS, "name": A, "registries": [ngc], "create": True},
+               {"namespace_selector": "pull=yes", "name": "fan", "registries": [ngc], "create": True}]
+    app = app_for(world, logins, targets=targets)
+    clock = FakeClock()
+    daemon, registry = faked(app, clock)
+    reactor = daemon.reactor
+    assert reactor is not None
+    assert app.syncer.run_once().ok
+    bridge = WatchBridge(lambda: app.syncer.settings.targets, reactor)
+    watches = TargetWatches(app.api, app.syncer.settings.targets, on_secret=bridge.on_secret,
+                            on_namespace=bridge.on_namespace)
+    watches.start()
+
+    def repaired_once(what: Any) -> None:
+        until(lambda: reactor.due_in() is not None, timeout=5)
+        clock.advance(1)
+        assert reactor.process(daemon.run_batch)
+        until(what, timeout=5)
+        assert what()
+
+    try:
+        assert watches.wait_synced(5)
+        bridge.arm()
+        assert reactor.due_in() is None, "the initial lists are not changes"
+        world.kube.delete_secret(NS, A)
+        repaired_once(lambda: world.kube.get_secret(NS, A) is not None)
+        drifted(world, A, ngc)
+        repaired_once(lambda: password(world, A, ngc) == logins["key"])
+        world.kube.add_namespace("ml-b", {"pull": "yes"})
+        repaired_once(lambda: world.kube.get_secret("ml-b", "fan") is not None)
+        time.sleep(0.3)  # the events of the syncer's own writes have arrived by now
+        assert reactor.due_in() is None, "the syncer's own writes trigger nothing"
+    finally:
+        watches.stop()
+    for reason in ("secret_deleted", "entry_drifted", "namespace_matched"):
+        assert registry.get_sample_value("syncer_repairs_total", {"reason": reason}) == 1, reason
