@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import re
@@ -195,7 +196,7 @@ class Bench:
     def react(self, rotations: int, poll: float, idle: float = 10.0) -> dict[str, Any]:
         """The daemon with a 1 h cycle and ``poll`` s Vault polls: one registry's new version ->
         every affected secret (all T) written, timed from the Vault write; then ``idle`` s of
-        steady state, counting requests."""
+        steady state (rounded up to whole polls), counting requests."""
         port = free_port()
         # The shipped defaults: list_secrets on (one LIST per scoped sync instead of T GETs).
         config = self.config(16, list_secrets=True, schedule={"interval": "1h", "jitter": "0s"},
@@ -205,6 +206,7 @@ class Bench:
             proc = subprocess.Popen(syncer_cmd(config, "--log-level", "warning"), cwd=ROOT,
                                     stdout=log_file, stderr=subprocess.STDOUT,
                                     env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        idle = poll * max(1, math.ceil(idle / poll))  # whole poll intervals: exactly that many polls
         try:
             scrape = self._wait_first_cycle(port, proc, log_path)
             time.sleep(poll + 0.5)  # the poll's baseline
