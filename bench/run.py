@@ -10,7 +10,8 @@ and the project's Kubernetes API test server with ``--latency`` seconds added to
 (``python -m syncer --once``) so its peak RSS and CPU seconds are its own (``os.wait4``).
 
 Scenarios: the first fill (creates), steady state and a full rotation (every registry), each at
-concurrency 1 and 16, then the daemon idle after a cycle. Prints Markdown, writes JSON, checks
+concurrency 1 and 16, then the daemon idle after a cycle, then the daemon reacting to Vault
+writes (``--react-only`` runs just that one). Prints Markdown, writes JSON, checks
 bench/budgets.json and exits 1 if a budget fails. See docs/scaling.md.
 """
 
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import subprocess
 import sys
@@ -131,7 +134,7 @@ class Bench:
         return self.world.config(
             [login.spec() for login in self.logins],
             [{"namespace_selector": SELECTOR, "name": NAME, "create": True}],
-            vault={"address": self.vault.url},
+            vault={"address": self.vault.url, **extra.pop("vault", {})},
             kubernetes={"events": events, "timeout": "30s", "list_secrets": list_secrets},
             probe={"timeout": "30s"}, sync={"concurrency": concurrency}, **extra)
 
@@ -190,6 +193,76 @@ class Bench:
             proc.terminate()
             proc.wait(30)
 
+    def react(self, rotations: int, poll: float, idle: float = 10.0) -> dict[str, Any]:
+        """The daemon with a 1 h cycle and ``poll`` s Vault polls: one registry's new version ->
+        every affected secret (all T) written, timed from the Vault write; then ``idle`` s of
+        steady state (rounded up to whole polls), counting requests."""
+        port = free_port()
+        # The shipped defaults: list_secrets on (one LIST per scoped sync instead of T GETs).
+        config = self.config(16, list_secrets=True, schedule={"interval": "1h", "jitter": "0s"},
+                             metrics={"listen": f"127.0.0.1:{port}"}, vault={"poll_interval": poll})
+        log_path = self.work / "react-daemon.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(syncer_cmd(config, "--log-level", "warning"), cwd=ROOT,
+                                    stdout=log_file, stderr=subprocess.STDOUT,
+                                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        idle = poll * max(1, math.ceil(idle / poll))  # whole poll intervals: exactly that many polls
+        try:
+            scrape = self._wait_first_cycle(port, proc, log_path)
+            time.sleep(poll + 0.5)  # the poll's baseline
+            latencies = [self._one_rotation(self.logins[i % self.R], poll) for i in range(rotations)]
+            self.vault.reset()
+            self.kube.reset_requests()
+            time.sleep(idle)
+            steady = {"vault_requests": len(self.vault.requests), "kube_requests": self.kube.count(),
+                      "writes": self.kube.writes("secrets"), "polls": round(idle / poll, 1)}
+            text = scrape()
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        ordered = sorted(latencies)
+        count = metric_value(text, "syncer_propagation_seconds_count") or 0
+        return {"poll_seconds": poll, "rotations": rotations, "latencies": [round(x, 3) for x in latencies],
+                "p50_seconds": round(ordered[len(ordered) // 2], 3),
+                "p95_seconds": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
+                "max_seconds": round(ordered[-1], 3),
+                "propagation_mean_seconds": round((metric_value(text, "syncer_propagation_seconds_sum") or 0)
+                                                  / count, 3) if count else None,
+                "propagation_count": count, "idle_seconds": idle, "steady": steady}
+
+    def _wait_first_cycle(self, port: int, proc: subprocess.Popen[bytes], log_path: Path) -> Any:
+        def scrape() -> str:
+            return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                if (metric_value(scrape(), "syncer_last_run_timestamp_seconds") or 0) > 0:
+                    return scrape
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the daemon finished no cycle in 300 s")
+
+    def _one_rotation(self, login: Login, poll: float) -> float:
+        """Seconds from the Vault write to the T-th secret write; then a random part of a poll
+        interval, so that the next write lands at another phase of the poll."""
+        before = self.kube.writes("secrets")
+        login.registry.set_password("bot", password := sentinel("react"))
+        started = time.monotonic()
+        self.world.vault_put(login.path, username="bot", password=password)
+        login.password = password
+        deadline = started + 120
+        while self.kube.writes("secrets") < before + self.T:
+            if time.monotonic() > deadline:
+                raise RuntimeError("a rotation did not reach every secret in 120 s")
+            time.sleep(0.02)
+        elapsed = time.monotonic() - started
+        time.sleep(random.uniform(0, poll))  # noqa: S311 - spreading samples, not security
+        return elapsed
+
     def close(self) -> None:
         self.kube.stop()
         self.vault.stop()
@@ -231,6 +304,50 @@ COLUMNS = ("scenario", "kube_requests", "vault_requests", "vault_kv_reads", "reg
            "process_seconds", "cpu_seconds", "peak_rss_mb")
 
 
+def react_budgets(react: dict[str, Any], limits: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Vault write -> every affected secret written, p95 <= poll + slack; R requests per poll."""
+    slack = limits["react_p95_slack_seconds"]
+    steady = react["steady"]
+    per_poll = steady["vault_requests"] / steady["polls"] if steady["polls"] else 0
+    r, limit = limits["registries"], react["poll_seconds"] + slack
+    return [
+        (f"react: Vault write -> all secrets written, p95 <= poll + {slack} s = {limit} s",
+         f"{react['p95_seconds']} s", react["p95_seconds"] <= limit),
+        (f"react steady: Vault requests per poll ~ R = {r}", f"{per_poll:.1f}",
+         abs(per_poll - r) <= 0.2 * r),
+        ("react steady: writes = 0, Kubernetes requests = 0",
+         f"{steady['writes']}, {steady['kube_requests']}",
+         steady["writes"] == 0 and steady["kube_requests"] == 0),
+    ]
+
+
+def react_markdown(react: dict[str, Any]) -> str:
+    steady = react["steady"]
+    return "\n".join([
+        "", f"### Reacting to Vault writes (daemon, poll_interval = {react['poll_seconds']} s, "
+        f"{react['rotations']} writes, each of one registry managed by all T targets)", "",
+        "| p50 | p95 | max | syncer_propagation_seconds mean (poll saw it -> last write) |",
+        "|---|---|---|---|",
+        f"| {react['p50_seconds']} s | {react['p95_seconds']} s | {react['max_seconds']} s | "
+        f"{react['propagation_mean_seconds']} s |", "",
+        f"Then {react['idle_seconds']} s idle ({steady['polls']} polls): {steady['vault_requests']} Vault "
+        f"requests, {steady['kube_requests']} Kubernetes requests, {steady['writes']} writes."])
+
+
+def react_only(bench: Bench, args: argparse.Namespace, limits: dict[str, Any]) -> int:
+    report: dict[str, Any] = {"parameters": {"registries": args.registries, "targets": args.targets,
+                             "kube_latency_seconds": args.latency, "cpus": os.cpu_count()},
+              "react": bench.react(args.rotations, args.poll)}
+    checks = react_budgets(report["react"], {**limits, "registries": args.registries})
+    report["budgets"] = checks
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(react_markdown(report["react"]))
+    for name, measured, ok in checks:
+        print(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
+    return 0 if all(ok for _, _, ok in checks) else 1
+
+
 def markdown(report: dict[str, Any]) -> str:
     p = report["parameters"]
     lines = [f"## Benchmark: R = {p['registries']}, T = {p['targets']}, Kubernetes latency "
@@ -246,6 +363,8 @@ def markdown(report: dict[str, Any]) -> str:
               "| budget | measured | result |", "|---|---|---|"]
     for name, measured, ok in report["budgets"]:
         lines.append(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
+    if report.get("react"):
+        lines.append(react_markdown(report["react"]))
     if report.get("profile"):
         lines += ["", f"### Where c=16 rotation CPU goes (py-spy, {report['profile_scenario']})", "",
                   "| category | share of on-CPU samples |", "|---|---|"]
@@ -279,6 +398,10 @@ def main() -> int:
     parser.add_argument("--targets", type=int, default=500)
     parser.add_argument("--latency", type=float, default=0.02, help="seconds added to each kube request")
     parser.add_argument("--profile", action="store_true", help="py-spy an extra c=16 rotation")
+    parser.add_argument("--react-only", action="store_true",
+                        help="only the daemon reacting to Vault writes (the scenario's own budget)")
+    parser.add_argument("--rotations", type=int, default=20, help="Vault writes timed by the react scenario")
+    parser.add_argument("--poll", type=float, default=2.0, help="vault.poll_interval of the react scenario")
     parser.add_argument("--baseline", default=str(ROOT / "bench" / "baseline.json"),
                         help="an earlier JSON result to compare with (default: the run of record)")
     args = parser.parse_args()
@@ -289,6 +412,8 @@ def main() -> int:
         bench = Bench(Path(tmp), args.registries, args.targets, args.latency)
         stack.callback(bench.close)
         bench.start_registries(stack)
+        if args.react_only:
+            return react_only(bench, args, limits)
         rows: dict[str, dict[str, Any]] = {}
         rows["first fill c=16"] = bench.measure("first fill", 16)
         for c in (1, 16):
@@ -320,7 +445,9 @@ def main() -> int:
             report["profile_scenario"] = (f"rotation c=16 under py-spy, cycle {rows_prof['cycle_seconds']}s, "
                                           f"CPU {rows_prof['cpu_seconds']}s")
             report["profile"] = categorise(prof)
+        report["react"] = bench.react(args.rotations, args.poll)
         report["budgets"] = budgets(rows, report["daemon"], limits, args.registries, args.targets)
+        report["budgets"] += react_budgets(report["react"], limits)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))

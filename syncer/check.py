@@ -176,8 +176,9 @@ class Preflight:
         add("vault.reachable", Status.OK, s.vault.shown_address)
         add("vault.login", Status.OK, f"logged in to {where}")
         paths = [self.source.api_path(r.path) for r in s.registries]
+        watched = self._watched_paths()
         try:
-            caps: dict[str, list[str]] | None = self.source.capabilities(paths)
+            caps: dict[str, list[str]] | None = self.source.capabilities(paths + watched)
         except VaultError as exc:
             add("vault.capabilities", Status.WARN, f"cannot query sys/capabilities-self ({exc})",
                 "the token lacks the default policy; the reads below still tell")
@@ -195,7 +196,28 @@ class Preflight:
             credential = self._read(registry, path)
             if credential is not None:
                 logins[registry.host] = credential
+        if caps is not None:
+            self._poll_policy(watched, caps)
         return logins
+
+    def _watched_paths(self) -> list[str]:
+        """KV v2 metadata paths Vault change detection reads (none with KV v1 or the poll off)."""
+        vault = self.settings.vault
+        if vault.kv_version != 2 or vault.poll_interval <= 0:
+            return []
+        return sorted({self.source.metadata_path(r.path) for r in self.settings.registries})
+
+    def _poll_policy(self, watched: list[str], caps: dict[str, list[str]]) -> None:
+        """A missing metadata grant only slows rotations down (the cycle still runs): WARN."""
+        for path in watched:
+            if {"read", "root"} & set(caps.get(path, [])):
+                self.report.add(f"vault.poll {path}", Status.OK, "read allowed (change detection)")
+            else:
+                self.report.add(f"vault.poll {path}", Status.WARN,
+                                "the token's policies do not allow read: Vault change detection "
+                                "cannot see new versions, rotations wait for the next cycle",
+                                f'add to the syncer\'s Vault policy: path "{path}" '
+                                '{ capabilities = ["read"] }, or set vault.poll_interval = "0s"')
 
     def _read(self, registry: RegistrySettings, path: str) -> Credential | None:
         keys = [k for k in (None if registry.username else registry.username_key, registry.password_key) if k]

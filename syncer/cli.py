@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -23,9 +23,12 @@ from syncer.filetarget import FileStore
 from syncer.health import Health, Heartbeat, make_server
 from syncer.leader import LeaseElector
 from syncer.metrics import Metrics
+from syncer.reactor import Reactor
 from syncer.report import Summary, events_for
 from syncer.scheduler import Daemon, StopWhen, run_period
 from syncer.sync import Syncer
+from syncer.triggers import CHECK_EVERY, FULL_SIGNAL, RELOAD_SIGNAL, Triggers, reload_settings
+from syncer.vault_watch import VersionWatcher
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,10 @@ class App:
     """The Syncer's progress, for /healthz."""
     leader: LeaseElector | None = None
     """The Lease elector, for a daemon with leader election."""
+    config_path: str = ""
+    """The config file, re-read on SIGHUP."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """The environment the settings were read with (for a reload)."""
 
     def publish(self, summary: Summary) -> None:
         """Events for a finished cycle (never in dry-run: events_for returns none)."""
@@ -105,7 +112,7 @@ def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool, *, daem
     heartbeat = Heartbeat()
     syncer = Syncer(settings, source, store, prober, should_stop=StopWhen(stop, leader),
                     progress=heartbeat.beat, fanout=fanout, files=FileStore(dry_run))
-    return App(settings, syncer, api, recorder, stop, heartbeat, leader)
+    return App(settings, syncer, api, recorder, stop, heartbeat, leader, env=env)
 
 
 def install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
@@ -122,6 +129,11 @@ def install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
         stop.set()
 
     return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def install_trigger_handlers(triggers: Triggers) -> dict[int, Any]:
+    """SIGHUP (reload the config) and SIGUSR1 (full cycle now), recorded for the main loop."""
+    return {signum: signal.signal(signum, triggers.handler) for signum in (RELOAD_SIGNAL, FULL_SIGNAL)}
 
 
 def restore_signal_handlers(previous: dict[int, Any]) -> None:
@@ -152,9 +164,12 @@ def make_daemon(app: App) -> tuple[Daemon, CollectorRegistry]:
     health = Health(period, settings.schedule.stale_after or 3 * period,
                     stuck_after=max(3 * period, settings.schedule.run_timeout),
                     heartbeat=app.heartbeat, scheduler_alive=lambda: bool(scheduler.running))
+    reactor = Reactor(metrics)
+    watcher = VersionWatcher(app.syncer.vault, reactor.submit_registries, reactor.clock)
     daemon = Daemon(settings.schedule, app.syncer, metrics, health, app.stop, leader=app.leader,
                     publish=app.publish, vault_maintain=lambda: maintain_vault(app.syncer.vault),
-                    scheduler=scheduler, renew_period=settings.leader_election.renew_period)
+                    scheduler=scheduler, renew_period=settings.leader_election.renew_period,
+                    reactor=reactor, watcher=watcher)
     return daemon, registry
 
 
@@ -169,13 +184,28 @@ def run_daemon(app: App) -> int:
         return EXIT_FAILED
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("serving /metrics, /healthz, /readyz on %s:%d", listen.host, server.server_address[1])
+    triggers = Triggers()
+    previous = install_trigger_handlers(triggers)
     daemon.start()
-    app.stop.wait()
+    try:
+        # Signals are only counted by their handler; reload and full cycle happen here.
+        while not app.stop.wait(CHECK_EVERY):
+            triggers.dispatch(lambda: reload(app, daemon), lambda: daemon.request_full("SIGUSR1"))
+    finally:
+        restore_signal_handlers(previous)
     daemon.shutdown()
     server.shutdown()
     server.server_close()
     log.info("shut down cleanly")
     return EXIT_OK
+
+
+def reload(app: App, daemon: Daemon) -> None:
+    """SIGHUP: validate the config file and apply it, or keep the running one (all logged)."""
+    settings = reload_settings(app.config_path, app.env, app.syncer.settings)
+    if settings is not None:
+        app.settings = settings
+        daemon.reconfigure(settings)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -188,6 +218,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         settings = load_settings(args.config, env)
         logs.setup(args.log_format, args.log_level)
         app = build_app(settings, env, args.dry_run, daemon=not args.once)
+        app.config_path = args.config or env.get("SYNCER_CONFIG", "")
     except UsageError as exc:
         print(f"syncer: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -103,6 +103,9 @@ class VaultSettings:
     """Seconds per Vault request."""
     auth: VaultAuthSettings = field(default_factory=VaultAuthSettings)
     """Login method and its parameters."""
+    poll_interval: float = setting(30.0, zero_ok=True)
+    """Daemon: seconds between checks for a new version of each registry's credential (KV v2
+    metadata, KV v1 a digest); a change re-syncs that registry's targets at once. 0 = off."""
 
     @property
     def shown_address(self) -> str:

@@ -27,6 +27,7 @@ from syncer.config import Settings, TargetSettings
 from syncer.kube_watch import EVENT_TYPES, RESOURCES, RESTART_REASONS
 from syncer.probe import REASONS
 from syncer.report import RegistryOutcome, RegistryReport, Summary, TargetOutcome, TargetReport
+from syncer.scope import REPAIR_REASONS
 
 PROBE_REASONS = tuple(r for r in REASONS if r) + ("http_4xx", "http_5xx")
 """Pre-created ``reason`` label values of syncer_registry_probe_failures_total."""
@@ -106,16 +107,21 @@ class Metrics:
                                       "Watches (or their lists) that ended or failed, by reason "
                                       "(closed = the normal end at timeoutSeconds).",
                                       ("resource", "reason"))
+        self.propagation = Histogram(
+            "syncer_propagation_seconds",
+            "From a new Vault version noticed by the poll to the last affected target written.",
+            buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300), registry=registry)
+        self.repairs = counter("syncer_repairs", "Targets re-synced at once after a watch event "
+                               "(secret_deleted, entry_drifted, namespace_matched).", ("reason",))
         self._fanout: dict[tuple[str, str], set[tuple[str, str]]] = {}
         """Label sets of each fan-out target's secrets seen last cycle (stale ones are removed)."""
-        self._hosts = {(t.name, str(t.namespace_selector)): settings.hosts_for(t)
-                       for t in settings.targets if t.namespace_selector}
+        self._hosts: dict[tuple[str, str], tuple[str, ...]] = {}
         _process_collectors(registry)
-        self._init_series(settings)
+        self.token_ttl.set(-1)
+        self.reconfigure(settings)
 
     def _init_series(self, settings: Settings) -> None:
         self.build_info.labels(__version__).set(1)
-        self.token_ttl.set(-1)
         for result in ("success", "failure"):
             self.runs.labels(result)
         for stage in STAGES:
@@ -125,6 +131,8 @@ class Metrics:
                 self.watch_events.labels(resource, event_type)
             for reason in RESTART_REASONS:
                 self.watch_restarts.labels(resource, reason)
+        for reason in REPAIR_REASONS:
+            self.repairs.labels(reason)
         for reg in settings.registries:
             for gauge in (self.probe_success, self.probe_duration, self.version,
                           self.registry_success):
@@ -167,6 +175,33 @@ class Metrics:
                 seen[key].add(labels)
             self._observe_target(target, labels, summary.dry_run)
         self._forget_stale(seen)
+
+    def observe_scoped(self, summary: Summary) -> None:
+        """Record a scoped sync (the reactor's): its registries and targets, not as a cycle (no
+        run count, duration or last-success time, and no fan-out series forgotten)."""
+        for reg in summary.registries:
+            self._observe_registry(reg)
+        for target in summary.targets:
+            if not (target.target.namespace or target.target.file):
+                continue  # a selector whose namespaces could not be listed
+            labels = (target.target.namespace, target.target.name or target.target.file)
+            if (key := _fanout_key(target.target)) in self._hosts:
+                self._fanout.setdefault(key, set()).add(labels)
+            self._observe_target(target, labels, summary.dry_run)
+
+    def propagated(self, seconds: float) -> None:
+        """A new Vault version reached every affected target (the reactor's Observer)."""
+        self.propagation.observe(seconds)
+
+    def repaired(self, reason: str) -> None:
+        """A target was written after a watch event (the reactor's Observer)."""
+        self.repairs.labels(reason).inc()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """After a config reload: series for new registries and targets, at 0."""
+        self._hosts = {(t.name, str(t.namespace_selector)): settings.hosts_for(t)
+                       for t in settings.targets if t.namespace_selector}
+        self._init_series(settings)
 
     def _observe_target(self, target: TargetReport, labels: tuple[str, str], dry_run: bool) -> None:
         self.writes.labels(*labels).inc(target.writes)

@@ -14,22 +14,26 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from syncer.config import ScheduleSettings
+from syncer.config import ScheduleSettings, Settings
 from syncer.health import Health
 from syncer.metrics import Metrics
+from syncer.reactor import Batch, Reactor
 from syncer.report import Summary
 from syncer.sync import Syncer
+from syncer.vault_watch import VersionWatcher
 
 log = logging.getLogger(__name__)
 
 SYNC_JOB = "sync"
 LEADER_JOB = "leader"
 VAULT_JOB = "vault"
+POLL_JOB = "vault-poll"
 CRON_SAMPLES = 60
 """Consecutive cron fire times inspected for the longest gap (covers weekly patterns)."""
 
@@ -105,6 +109,8 @@ class Daemon:
         vault_maintain: Callable[[], float | None] = lambda: None,
         scheduler: BackgroundScheduler | None = None,
         renew_period: float = 5.0,
+        reactor: Reactor | None = None,
+        watcher: VersionWatcher | None = None,
     ) -> None:
         self.settings = settings
         self.syncer = syncer
@@ -116,9 +122,14 @@ class Daemon:
         self.vault_maintain = vault_maintain
         self.scheduler = scheduler or BackgroundScheduler(timezone="UTC")
         self.renew_period = renew_period
+        self.reactor = reactor
+        """Runs scoped syncs (``run_batch``) for watch events and Vault changes."""
+        self.watcher = watcher
+        """Polls Vault for new credential versions every ``vault.poll_interval``."""
         self.failures = 0
         self.runs = 0
         self._running = threading.Lock()
+        """Held by every run, full or scoped: they never overlap."""
 
     def start(self) -> None:
         """Schedule the jobs (sync runs at once) and start the scheduler thread."""
@@ -132,6 +143,12 @@ class Daemon:
         vault_every = IntervalTrigger(seconds=min(60.0, self.settings.interval))
         self.scheduler.add_job(self.maintain_vault, vault_every, id=VAULT_JOB, max_instances=1,
                                coalesce=True)
+        poll = self.syncer.settings.vault.poll_interval
+        if self.watcher is not None and poll > 0:
+            self.scheduler.add_job(self.poll_vault, IntervalTrigger(seconds=poll), id=POLL_JOB,
+                                   max_instances=1, coalesce=True)
+        if self.reactor is not None:
+            self.reactor.start(self.run_batch)
         self.scheduler.start()
 
     def leader_step(self) -> None:
@@ -179,6 +196,55 @@ class Daemon:
             self._after(summary.ok)
             return summary
 
+    def _leads(self) -> bool:
+        return not self.stop.is_set() and (self.leader is None or self.leader.is_leader)
+
+    def poll_vault(self) -> None:
+        """The poll job: look for new credential versions (leader only; a standby forgets)."""
+        if self.watcher is None:
+            return
+        if not self._leads():
+            self.watcher.reset()
+            return
+        self.watcher.poll(self.syncer.settings.registries)
+
+    def run_batch(self, batch: Batch) -> Summary | None:
+        """The reactor's run: a scoped sync under the cycle's lock, leader only. A batch that
+        asks for a full cycle hands it to the scheduled job instead (it covers the scope)."""
+        if batch.full:
+            self.request_full(", ".join(batch.full))
+            return None
+        with self._running:
+            if not self._leads():
+                log.debug("not the leader; ignoring %s", batch.scope.describe())
+                return None
+            try:
+                summary = self.syncer.run_once(batch.scope)
+            except Exception:  # noqa: BLE001 - the daemon must survive any bug in one run
+                log.exception("scoped sync crashed")
+                self.metrics.errors.labels("sync").inc()
+                return None
+            self.metrics.observe_scoped(summary)
+            self.publish(summary)
+            return summary
+
+    def request_full(self, reason: str) -> None:
+        """Run the scheduled cycle now (SIGUSR1, a reload, an informer that lost track)."""
+        if self.stop.is_set():
+            return
+        log.info("full cycle requested (%s); running it now", reason)
+        try:
+            self.scheduler.modify_job(SYNC_JOB, next_run_time=datetime.now(self.scheduler.timezone))
+        except JobLookupError:
+            log.debug("no sync job (not started or shutting down)")
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply reloaded settings between runs, then run a full cycle with them."""
+        with self._running:
+            self.syncer.settings = settings
+            self.metrics.reconfigure(settings)
+        self.request_full("configuration reloaded")
+
     def _after(self, ok: bool) -> None:
         if ok:
             if self.failures:
@@ -204,6 +270,8 @@ class Daemon:
             # Not shutdown(wait=True): it holds the job-store lock while it waits, and a failed
             # in-flight run needs that lock to schedule its retry (a deadlock on SIGTERM).
             self.scheduler.shutdown(wait=False)
+        if self.reactor is not None:
+            self.reactor.stop()
         with self._running:
             pass  # the in-flight run, if any, finishes its current write
         if self.leader is not None and self.leader.is_leader:

@@ -40,6 +40,7 @@ from syncer.report import (
     TargetReport,
     record_pulls,
 )
+from syncer.scope import Scope
 from syncer.text import rfc3339, safe
 from syncer.vault import VaultError, VaultSource
 
@@ -116,26 +117,33 @@ class Syncer:
 
     # ------------------------------------------------------------------ cycle
 
-    def run_once(self) -> Summary:
-        """One full cycle. Never raises for per-registry or per-target failures."""
+    def run_once(self, scope: Scope | None = None) -> Summary:
+        """One full cycle, or with ``scope`` the same path for a subset only (a Vault change, a
+        repaired secret). Never raises for per-registry or per-target failures."""
         started = self.clock()
         wall = time.monotonic()
         self._deadline = wall + self.settings.schedule.run_timeout
-        reports = {r.host: RegistryReport(r.host) for r in self.settings.registries}
-        logins = self._read_vault(reports)
+        registries = self.settings.registries if scope is None else scope.registries_to_read(self.settings)
+        reports = {r.host: RegistryReport(r.host) for r in registries}
+        logins = self._read_vault(reports, registries)
         # Probes run on their own pool: a target waits only for the probes of its own hosts, so
         # one slow registry delays nothing else (and waiting targets cannot starve the probes).
         with ThreadPoolExecutor(self.pool_size, thread_name_prefix="probe") as probes:
             verdicts = self._start_probes(probes, logins, reports)
             if logins:
                 resolved, targets = self._resolve_targets()
+                if scope is not None:
+                    resolved = [t for t in resolved if scope.selects(self.settings, t)]
+                    targets = [t for t in targets if scope.selects(self.settings, t.target)]
                 listed = self._list_secrets(resolved)
                 targets += self._map(lambda t: self._sync_target(
-                    t, self._usable_for(t, logins, verdicts), logins, listed), resolved)
+                    t, self._usable_for(t, logins, verdicts), logins, listed,
+                    only=None if scope is None else scope.hosts(self.settings, t)), resolved)
             else:
                 targets = [TargetReport(t, TargetOutcome.SKIPPED,
                                         "no registry credentials could be read")
-                           for t in self.settings.targets]
+                           for t in self.settings.targets
+                           if scope is None or scope.selects(self.settings, t)]
         for target in targets:
             for change in target.changes:
                 rotated = change.change is not Change.UNCHANGED and change.host not in target.drift
@@ -143,7 +151,10 @@ class Syncer:
                     reports[change.host].rotated_targets += 1
         summary = Summary(list(reports.values()), targets, time.monotonic() - wall,
                           self.store.dry_run, started)
-        log.info("%s", summary.one_line())
+        if scope is None:
+            log.info("%s", summary.one_line())
+        else:
+            log.info("scoped sync (%s): %s", scope.describe(), summary.one_line())
         return summary
 
     def _stop_reason(self) -> str:
@@ -259,7 +270,8 @@ class Syncer:
 
     # ------------------------------------------------------------------ vault
 
-    def _read_vault(self, reports: Mapping[str, RegistryReport]) -> dict[str, Login]:
+    def _read_vault(self, reports: Mapping[str, RegistryReport],
+                    registries: tuple[RegistrySettings, ...]) -> dict[str, Login]:
         try:
             self.vault.ensure_login()
         except VaultError as exc:
@@ -276,8 +288,7 @@ class Syncer:
                 return exc
 
         logins = {}
-        for registry, versioned in zip(self.settings.registries,
-                                       self._map(read, self.settings.registries), strict=True):
+        for registry, versioned in zip(registries, self._map(read, registries), strict=True):
             if isinstance(versioned, VaultError):
                 log.error("registry %s: vault read failed: %s", registry.host,
                           safe(versioned, DETAIL_LIMIT))
@@ -383,9 +394,11 @@ class Syncer:
 
     def _sync_target(self, target: TargetSettings, usable: Mapping[str, Login],
                      all_logins: Mapping[str, Login],
-                     listed: Mapping[tuple[str, str], Listed]) -> TargetReport:
+                     listed: Mapping[tuple[str, str], Listed], *,
+                     only: frozenset[str] | None = None) -> TargetReport:
         report = TargetReport(target, dry_run=self.store.dry_run)
-        hosts = self.settings.hosts_for(target)
+        # A scoped run merges only ``only``; the target's other entries stay as they are.
+        hosts = [h for h in self.settings.hosts_for(target) if only is None or h in only]
         wanted = {h: usable[h] for h in hosts if h in usable}
         report.held_back = [h for h in hosts if h not in usable]
         if stop := self._stop_reason():

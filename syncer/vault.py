@@ -14,6 +14,10 @@ lock, KV reads run in parallel.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -85,6 +89,8 @@ class VaultSource:
         self.session = TokenSession(client, settings, read_file, clock)
         """The token's life: login, renewal, re-login, revoke."""
         self._errors = self.session.translator
+        self._digest_key = secrets.token_bytes(32)
+        """Keys the KV v1 change digests: they mean nothing outside this process."""
 
     def __repr__(self) -> str:
         return (
@@ -132,6 +138,42 @@ class VaultSource:
         if self._settings.kv_version == 2:
             return f"{self._settings.kv_mount}/data/{path}"
         return self._display(path)
+
+    def metadata_path(self, path: str) -> str:
+        """The API path change detection reads for KV ``path`` (KV v2 metadata; KV v1 the data)."""
+        if self._settings.kv_version == 2:
+            return f"{self._settings.kv_mount}/metadata/{path}"
+        return self._display(path)
+
+    def change_marker(self, path: str) -> str:
+        """A value that changes whenever the credential at KV ``path`` does, in one request.
+
+        KV v2: the metadata's ``current_version`` (and whether it is deleted), no secret data
+        read. KV v1: a digest of the data keyed per process; only the digest is kept.
+        """
+        self.ensure_login()
+        where = self.metadata_path(path)
+        kv = self._client.secrets.kv
+        mount = self._settings.kv_mount
+        if self._settings.kv_version == 2:
+            response = self._errors.idempotent(
+                where, lambda: kv.v2.read_secret_metadata(path=path, mount_point=mount))
+            meta = _mapping(response, "data") or {}
+            current = meta.get("current_version")
+            if not isinstance(current, int) or isinstance(current, bool):
+                raise VaultError(VaultErrorKind.SERVER, where,
+                                 f"Vault returned unexpected KV v2 metadata for {where}")
+            state = _mapping(_mapping(meta, "versions"), str(current)) or {}
+            gone = "destroyed" if state.get("destroyed") else "deleted" if state.get("deletion_time") else ""
+            return f"v{current}{':' + gone if gone else ''}"
+        response = self._errors.idempotent(
+            where, lambda: kv.v1.read_secret(path=path, mount_point=mount))
+        data = _mapping(response, "data")
+        if data is None:
+            raise VaultError(VaultErrorKind.SERVER, where,
+                             f"Vault returned an unexpected KV response for {where}")
+        canonical = json.dumps(data, sort_keys=True, default=str).encode()
+        return "d" + hmac.new(self._digest_key, canonical, hashlib.sha256).hexdigest()
 
     def capabilities(self, paths: list[str]) -> dict[str, list[str]]:
         """The current token's capabilities on each API path (``sys/capabilities-self``).

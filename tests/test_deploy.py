@@ -62,7 +62,7 @@ CONFIG_KEY = "config.toml"
 DOMINO_NS, DOMINO_SECRET = "domino-compute", "domino-quay-repos"
 ALERTS = ("RegistryCredentialSyncFailing", "RegistryLoginRejected", "RegistryCanaryPullDenied",
           "RegistryCredentialSyncStale",
-          "RegistryCredentialSyncerDown", "VaultTokenExpiringSoon")
+          "RegistryCredentialSyncerDown", "VaultTokenExpiringSoon", "RegistryCredentialPropagationSlow")
 #: Series Prometheus itself adds to every scrape target; not exported by the syncer.
 PROMETHEUS_SYNTHETIC = {"up"}
 
@@ -947,6 +947,15 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
      [quiet("VaultTokenExpiringSoon", "44m"),
       fires("VaultTokenExpiringSoon", "46m", pod="static-token"),
       fires("VaultTokenExpiringSoon", "65m", pod="static-token")]),
+    ("propagation: rotations that take ~200 s fire after 10m; fast ones and no rotations never do",
+     [*[series("syncer_propagation_seconds_bucket", values, pod="slow", le=le)
+        for le, values in (("2", "0x40"), ("60", "0x40"), ("300", "0+1x40"), ("+Inf", "0+1x40"))],
+      *[series("syncer_propagation_seconds_bucket", "0+1x40", pod="fast", le=le)
+        for le in ("2", "60", "300", "+Inf")],
+      *[series("syncer_propagation_seconds_bucket", "0x40", pod="standby", le=le)
+        for le in ("2", "60", "300", "+Inf")]],
+     [quiet("RegistryCredentialPropagationSlow", "5m"),
+      fires("RegistryCredentialPropagationSlow", "20m")]),
 ]
 
 

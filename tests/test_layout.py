@@ -27,6 +27,11 @@ COVERED_BY = {
     "transport": "test_probe",
     "proxies": "test_proxy",
     "informer": "test_kube_watch",
+    "reactor": "test_react",
+    "scope": "test_react",
+    "triggers": "test_react",
+    "vault_watch": "test_react",
+    "watch_react": "test_react",
 }
 """Modules whose behaviour is tested, against the real servers, by a module of another name."""
 

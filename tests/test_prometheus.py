@@ -206,7 +206,7 @@ def check_dashboard_variables(stack: Stack) -> None:
 EXPECTED_ALERTS = {"RegistryCredentialSyncFailing": True, "RegistryLoginRejected": True,
                    "RegistryCanaryPullDenied": False,  # the canary is pullable (htpasswd: any user)
                    "RegistryCredentialSyncStale": True, "RegistryCredentialSyncerDown": False,
-                   "VaultTokenExpiringSoon": False}
+                   "VaultTokenExpiringSoon": False, "RegistryCredentialPropagationSlow": False}
 
 
 def check_alert_expressions(stack: Stack) -> None:
