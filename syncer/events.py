@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from syncer.config import KubernetesSettings
-from syncer.kube import JSON, MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
+from syncer.kube_api import JSON, MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
 from syncer.text import safe
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from syncer.config import LeaderElectionSettings
-from syncer.kube import MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
+from syncer.kube_api import MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
 
 log = logging.getLogger(__name__)
 TIMEOUT = 5.0
