@@ -54,6 +54,42 @@ Listed = Snapshot | TargetError | None
 """A prefetched target, the error decoding it, or None when the LIST showed it does not exist."""
 
 
+class ProbeCache:
+    """Conclusive probe results, reused for the same login while younger than ``interval``."""
+
+    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, ProbeResult]] = {}
+        """(host, login digest) -> (when, conclusive result)."""
+        self._lock = threading.Lock()
+
+    def probe(self, prober: Prober, host: str, credential: Credential,
+              should_stop: Callable[[], bool]) -> ProbeResult:
+        """Probe, or reuse a conclusive result for the same login younger than the interval.
+
+        Only ok/unverified/rejected are reused; errors are always probed again. A rotated
+        login has a new digest, so it is always probed.
+        """
+        if self.interval <= 0:
+            return prober.probe(host, credential, should_stop)
+        digest = hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
+        key = (host, digest)
+        now = self.clock()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < self.interval:
+            return cached[1]
+        result = prober.probe(host, credential, should_stop)
+        with self._lock:
+            # Forget older logins of this host so the cache holds at most one entry per host.
+            for old in [k for k in self._cache if k[0] == host]:
+                del self._cache[old]
+            if result.outcome in (Outcome.OK, Outcome.UNVERIFIED, Outcome.REJECTED):
+                self._cache[key] = (now, result)
+        return result
+
+
 class Syncer:
     """Runs sync cycles with clients handed in by the caller."""
 
@@ -83,9 +119,7 @@ class Syncer:
         self.targets = TargetStores(store, files)
         self._emails = {r.host: r.email for r in settings.registries}
         self._deadline = float("inf")
-        self._probe_cache: dict[tuple[str, str], tuple[float, ProbeResult]] = {}
-        """(host, login digest) -> (when, conclusive result), kept for ``probe.interval``."""
-        self._probe_lock = threading.Lock()
+        self._probes = ProbeCache(settings.probe.interval, clock)
 
     # ------------------------------------------------------------------ cycle
 
@@ -240,7 +274,7 @@ class Syncer:
     def _probe_host(self, prober: Prober, host: str, credential: Credential,
                     report: RegistryReport) -> bool:
         """Probe one host and record the verdict in its report; True = blocked."""
-        result = self._probe_cached(prober, host, credential)
+        result = self._probes.probe(prober, host, credential, self.should_stop)
         self.progress()  # a finished probe is a step of the cycle (health: stuck vs long)
         report.probe = result
         if result.outcome is Outcome.OK:
@@ -266,31 +300,6 @@ class Syncer:
             log.error("registry %s: probe error (%s): %s", host, result.reason,
                       safe(result.detail, DETAIL_LIMIT))
         return False
-
-    def _probe_cached(self, prober: Prober, host: str, credential: Credential) -> ProbeResult:
-        """Probe, or reuse a conclusive result for the same login younger than probe.interval.
-
-        Only ok/unverified/rejected are reused; errors are always probed again. A rotated
-        login has a new digest, so it is always probed.
-        """
-        interval = self.settings.probe.interval
-        if interval <= 0:
-            return prober.probe(host, credential, self.should_stop)
-        digest = hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
-        key = (host, digest)
-        now = self.clock()
-        with self._probe_lock:
-            cached = self._probe_cache.get(key)
-        if cached is not None and now - cached[0] < interval:
-            return cached[1]
-        result = prober.probe(host, credential, self.should_stop)
-        with self._probe_lock:
-            # Forget older logins of this host so the cache holds at most one entry per host.
-            for old in [k for k in self._probe_cache if k[0] == host]:
-                del self._probe_cache[old]
-            if result.outcome in (Outcome.OK, Outcome.UNVERIFIED, Outcome.REJECTED):
-                self._probe_cache[key] = (now, result)
-        return result
 
     # ------------------------------------------------------------------ targets
 
