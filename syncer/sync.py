@@ -141,8 +141,8 @@ class Syncer:
                     t, self._usable_for(t, logins, verdicts), listed), resolved)
             else:
                 target_reports = [TargetReport(t, TargetOutcome.SKIPPED,
-                                         "no registry credentials could be read")
-                            for t in self.settings.targets]
+                                               "no registry credentials could be read")
+                                  for t in self.settings.targets]
         for target in target_reports:
             for change in target.changes:
                 rotated = change.change is not Change.UNCHANGED and change.host not in target.drift
