@@ -57,16 +57,16 @@ Listed = Snapshot | TargetError | None
 class ProbeCache:
     """Conclusive probe results, reused for the same login while younger than ``interval``."""
 
-    def __init__(self, interval: float, clock: Callable[[], float]) -> None:
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.clock = clock
         self._cache: dict[tuple[str, str], tuple[float, ProbeResult]] = {}
         """(host, login digest) -> (when, conclusive result)."""
         self._lock = threading.Lock()
 
     def probe(self, prober: Prober, host: str, credential: Credential,
-              should_stop: Callable[[], bool]) -> ProbeResult:
-        """Probe, or reuse a conclusive result for the same login younger than the interval.
+              should_stop: Callable[[], bool], now: float) -> ProbeResult:
+        """Probe, or reuse a conclusive result for the same login younger than the interval
+        (``now`` is the time by the Syncer's clock).
 
         Only ok/unverified/rejected are reused; errors are always probed again. A rotated
         login has a new digest, so it is always probed.
@@ -75,7 +75,6 @@ class ProbeCache:
             return prober.probe(host, credential, should_stop)
         digest = hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
         key = (host, digest)
-        now = self.clock()
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self.interval:
@@ -119,7 +118,7 @@ class Syncer:
         self.targets = TargetStores(store, files)
         self._emails = {r.host: r.email for r in settings.registries}
         self._deadline = float("inf")
-        self._probes = ProbeCache(settings.probe.interval, clock)
+        self._probes = ProbeCache(settings.probe.interval)
 
     # ------------------------------------------------------------------ cycle
 
@@ -274,7 +273,7 @@ class Syncer:
     def _probe_host(self, prober: Prober, host: str, credential: Credential,
                     report: RegistryReport) -> bool:
         """Probe one host and record the verdict in its report; True = blocked."""
-        result = self._probes.probe(prober, host, credential, self.should_stop)
+        result = self._probes.probe(prober, host, credential, self.should_stop, self.clock())
         self.progress()  # a finished probe is a step of the cycle (health: stuck vs long)
         report.probe = result
         if result.outcome is Outcome.OK:
