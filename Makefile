@@ -14,13 +14,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Real registry and htpasswd for the tests and the demo, prometheus (promtool and the server for
-# tests/test_prometheus.py), tinyproxy for the egress-proxy tests
+# tests/test_prometheus.py), tinyproxy for the egress-proxy tests, skopeo (pushes the canary images
+# of tests/test_canary.py)
 # (Debian packages; prometheus is installed without recommends and its service is not needed).
 system-deps:
 	@if ! command -v docker-registry >/dev/null || ! command -v htpasswd >/dev/null \
-	    || ! command -v promtool >/dev/null || ! command -v tinyproxy >/dev/null; then \
+	    || ! command -v promtool >/dev/null || ! command -v tinyproxy >/dev/null \
+	    || ! command -v skopeo >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils tinyproxy \
+	  $$SUDO apt-get update && $$SUDO apt-get install -y docker-registry apache2-utils tinyproxy skopeo \
 	    && $$SUDO apt-get install -y --no-install-recommends prometheus; \
 	fi
 
@@ -45,6 +47,7 @@ helm: $(BIN)/helm
 $(BIN)/helm: scripts/install_helm.py | $(VENV)/.installed
 	$(BIN)/python scripts/install_helm.py --dest $@
 
-# Render the chart with the values that reproduce the kustomize base (scripts/render_manifests.py).
+# Rewrite the kustomize files of deploy/ from the chart (scripts/render_manifests.py LAYOUT);
+# tests/test_chart.py runs `render_manifests.py --check` and fails when they drift.
 manifests: helm
-	$(BIN)/python scripts/render_manifests.py --out deploy/rendered
+	$(BIN)/python scripts/render_manifests.py

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from syncer import dockerconfig, targets
+from syncer import canary, dockerconfig, targets
+from syncer.canary import PullChecker
 from syncer.config import RegistrySettings, Settings, TargetSettings
 from syncer.credential import Credential
 from syncer.filetarget import FileStore
@@ -243,6 +244,9 @@ class Preflight:
             shown = f"{self.settings.vault.kv_mount}/{registry.path}"
             if result.outcome is Outcome.OK:
                 self.report.add(name, Status.OK, f"login verified as {safe(credential.username)}")
+                checks = PullChecker(self.prober).check(registry.host, credential, registry.verify_images)
+                for status, check, reason, hint in canary.preflight(registry.host, checks):
+                    self.report.add(check, Status(status), reason, hint)
             elif result.outcome is Outcome.UNVERIFIED:
                 self.report.add(name, Status.WARN, result.detail,
                                 "the registry allows anonymous access, so no login can be proven")

@@ -16,13 +16,13 @@ from typing import Any, NamedTuple
 import yaml
 from kubernetes.config.config_exception import ConfigException
 
-from syncer import config, kube, kube_api, logs, probe, transport, vault
+from syncer import config, kube, kube_api, logs, probe, show_image, transport, vault
 from syncer.check import Preflight, config_failure
 from syncer.config import Settings
 from syncer.filetarget import FileStore
 from syncer.history import rollback_file, rollback_secret
 from syncer.proxies import ProxyEnv, proxy_problem, with_scheme
-from syncer.show import Inspector, render, to_json
+from syncer.show import Inspector, TargetView, render, to_json
 from syncer.target_errors import TargetError
 from syncer.text import json_safe, safe
 
@@ -47,6 +47,8 @@ def add_subcommands(parser: argparse.ArgumentParser, log_levels: Sequence[str]) 
     show.add_argument("--output", choices=("text", "json"), default="text")
     show.add_argument("--no-fingerprint", action="store_true",
                       help='print passwords as "set" instead of a sha256 prefix')
+    show.add_argument("--image", default="", help="which auths entry kubelet would use for this "
+                      "image reference, per target (and whether the syncer manages it)")
     rollback = sub.add_parser("rollback", parents=[common], help="restore a target's content "
                               "from before the syncer's last write")
     rollback.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
@@ -156,8 +158,21 @@ def _show(args: argparse.Namespace, settings: Settings, source: vault.VaultSourc
                           kube.FanOut(api, dry_run=True), FileStore(dry_run=True),
                           fingerprint=not args.no_fingerprint)
     views = [inspector.view(t) for t in inspector.targets(args.namespace, args.name, args.file)]
+    if args.image:
+        return _show_image(args, views)
     print(to_json(views) if args.output == "json" else render(views) or "no targets match")
     return EXIT_OK if views and all(v.status == "ok" for v in views) else EXIT_FAILED
+
+
+def _show_image(args: argparse.Namespace, views: list[TargetView]) -> int:
+    try:
+        repository, choices = show_image.choose(views, args.image)
+    except ValueError as exc:
+        print(f"syncer: error: --image {safe(args.image)}: {safe(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    out = show_image.to_json if args.output == "json" else show_image.render
+    print(out(args.image, repository, choices))
+    return EXIT_OK if choices and all(c.status == "ok" for c in choices) else EXIT_FAILED
 
 
 def _rollback(args: argparse.Namespace, settings: Settings, api: kube_api.Api) -> int:

@@ -20,6 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from syncer.config_parse import HOST, Section, name_problem, selector_problem
 from syncer.hosts import normalize_key
+from syncer.imageref import ImageRef, parse_image
 from syncer.proxies import proxy_problem
 
 DEFAULT_JWT_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -245,6 +246,9 @@ class RegistrySettings:
     """Fixed username when Vault holds only the password (``$oauthtoken`` for NGC)."""
     email: str = ""
     """Optional ``email`` written into the entry."""
+    verify_images: tuple[ImageRef, ...] = ()
+    """Canary images on this host: after the login is proven, the new credential must be able to
+    pull them (a manifest HEAD); all denied = rejected like a failed login (issue 13)."""
 
 
 @dataclass(frozen=True)
@@ -500,12 +504,30 @@ def _registry(sec: Section) -> RegistrySettings:
         password_key=sec.get_str("password_key", "password"),
         username=sec.get_str("username"),
         email=sec.get_str("email"),
+        verify_images=_verify_images(sec, host),
     )
     for key in ("username_key", "password_key"):
         if not getattr(settings, key):
             sec.problem(key, "must not be empty")
     sec.finish()
     return settings
+
+
+def _verify_images(sec: Section, host: str) -> tuple[ImageRef, ...]:
+    """``verify_images``: each a valid image reference on ``host``, none twice."""
+    images: list[ImageRef] = []
+    for i, text in enumerate(sec.get_str_list("verify_images")):
+        path = f"{sec.key('verify_images')}[{i}]"
+        try:
+            image = parse_image(text, host)
+        except ValueError as exc:
+            sec.problems.append(f"{path}: {exc}")
+            continue
+        if any((image.repository, image.reference) == (o.repository, o.reference) for o in images):
+            sec.problems.append(f"{path}: duplicate image {text!r}")
+            continue
+        images.append(image)
+    return tuple(images)
 
 
 def _target(sec: Section, hosts: set[str]) -> TargetSettings:

@@ -22,7 +22,9 @@ from prometheus_client import (
 )
 
 from syncer import __version__
+from syncer.canary import PullOutcome
 from syncer.config import Settings, TargetSettings
+from syncer.kube_watch import EVENT_TYPES, RESOURCES, RESTART_REASONS
 from syncer.probe import REASONS
 from syncer.report import RegistryOutcome, RegistryReport, Summary, TargetOutcome, TargetReport
 
@@ -92,6 +94,18 @@ class Metrics:
                              "Managed entries found edited by hand while Vault was unchanged "
                              "(repaired, or only reported when drift = report).",
                              (*TARGET_LABELS, "registry"))
+        self.pull_success = gauge("syncer_image_pull_check_success",
+                                  "1 if the last pull check proved the credential can pull the canary "
+                                  "image, else 0.", ("registry", "image"))
+        self.pull_checks = counter("syncer_image_pull_checks",
+                                   "Canary image pull checks by result (ok, pull_denied, not_found, "
+                                   "unverified, error).", ("registry", "image", "result"))
+        self.watch_events = counter("syncer_watch_events", "Events read from Kubernetes watches.",
+                                    ("resource", "type"))
+        self.watch_restarts = counter("syncer_watch_restarts",
+                                      "Watches (or their lists) that ended or failed, by reason "
+                                      "(closed = the normal end at timeoutSeconds).",
+                                      ("resource", "reason"))
         self._fanout: dict[tuple[str, str], set[tuple[str, str]]] = {}
         """Label sets of each fan-out target's secrets seen last cycle (stale ones are removed)."""
         self._hosts = {(t.name, str(t.namespace_selector)): settings.hosts_for(t)
@@ -106,6 +120,11 @@ class Metrics:
             self.runs.labels(result)
         for stage in STAGES:
             self.errors.labels(stage)
+        for resource in RESOURCES:
+            for event_type in EVENT_TYPES:
+                self.watch_events.labels(resource, event_type)
+            for reason in RESTART_REASONS:
+                self.watch_restarts.labels(resource, reason)
         for reg in settings.registries:
             for gauge in (self.probe_success, self.probe_duration, self.version,
                           self.registry_success):
@@ -113,6 +132,10 @@ class Metrics:
             self.rotations.labels(reg.host)
             for reason in PROBE_REASONS:
                 self.probe_failures.labels(reg.host, reason)
+            for image in reg.verify_images:
+                self.pull_success.labels(reg.host, image.text)
+                for outcome in PullOutcome:
+                    self.pull_checks.labels(reg.host, image.text, outcome.value)
         for target in settings.targets:
             if target.namespace_selector:
                 continue  # fan-out: series appear with their namespaces, in observe()
@@ -182,6 +205,12 @@ class Metrics:
             self.probe_success.labels(host).set(0)
             return
         self.probe_duration.labels(host).set(reg.probe.duration)
+        for check in reg.pulls:
+            self.pull_success.labels(host, check.image).set(1 if check.outcome is PullOutcome.OK else 0)
+            self.pull_checks.labels(host, check.image, check.outcome.value).inc()
+        if reg.reason == "pull_denied":  # the login itself was proven; the canaries alert
+            self.probe_success.labels(host).set(1)
+            return
         ok = reg.outcome is RegistryOutcome.OK
         self.probe_success.labels(host).set(1 if ok else 0)
         if not ok:
@@ -199,6 +228,14 @@ class Metrics:
         if total > self._logins_seen:
             self.vault_logins.inc(total - self._logins_seen)
             self._logins_seen = total
+
+    def watch_event(self, resource: str, event_type: str) -> None:
+        """One event read from a watch (kube_watch.WatchObserver)."""
+        self.watch_events.labels(resource, event_type).inc()
+
+    def watch_restart(self, resource: str, reason: str) -> None:
+        """One watch that ended or failed (kube_watch.WatchObserver)."""
+        self.watch_restarts.labels(resource, reason).inc()
 
     def set_token_ttl(self, ttl: float | None) -> None:
         """Remaining Vault token TTL, -1 when unknown."""

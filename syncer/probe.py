@@ -118,6 +118,10 @@ class _Stop(Exception):
         self.detail = detail
 
 
+ProbeStop = _Stop
+"""The verdict raised by ``Prober.challenge_of`` and ``Prober.scoped_token`` (for syncer.canary)."""
+
+
 # --------------------------------------------------------------------------- registry URLs
 
 
@@ -171,7 +175,7 @@ def _challenge_lines(resp: requests.Response) -> list[str]:
     return [merged] if merged else []
 
 
-def _basic_header(credential: Credential) -> str:
+def basic_header(credential: Credential) -> str:
     # RFC 7617 with charset=UTF-8 (as docker sends it); requests' own helper uses latin-1.
     return "Basic " + auth_value(credential)
 
@@ -196,6 +200,44 @@ class Prober:
         self._settings = settings
         self._clock = clock
         self._client_id = client_id
+
+    @property
+    def settings(self) -> ProbeSettings:
+        """The probe settings (deadline, timeouts) later registry checks share."""
+        return self._settings
+
+    def challenge_of(self, name: str, resp: requests.Response) -> Challenge:
+        """The challenge of a 401 answer (Bearer first, then Basic). Raises ``ProbeStop``."""
+        return self._pick_challenge(name, _challenge_lines(resp))
+
+    def scoped_token(self, name: str, challenge: Challenge, credential: Credential, scope: str,
+                     deadline: Deadline) -> str:
+        """A token for ``scope`` requested *with* the credentials (never anonymously), by the
+        same rules as the login's. Raises ``ProbeStop`` (REJECTED for a 401/403)."""
+        return self._fetch_token(name, challenge, credential, deadline, scope)[0]
+
+    def anonymous_token(self, name: str, challenge: Challenge, scope: str, deadline: Deadline) -> str:
+        """The token the realm hands anyone *without* credentials for ``scope`` ("" if none):
+        how the pull check tells a public repository. Raises ``ProbeStop`` for a realm that
+        must not be used."""
+        realm = challenge.params["realm"]
+        self._check_realm(name, realm)
+        parts = urlsplit(realm)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                 if k not in ("service", "scope", "account")]
+        if service := challenge.params.get("service", ""):
+            query.append(("service", service))
+        query.append(("scope", scope))
+        url = urlunsplit((parts.scheme, parts.netloc, parts.path or "/", urlencode(query), ""))
+        with self._get(url, None, f"token endpoint {netloc(url)}", deadline, close=True) as resp:
+            if resp.status_code != 200:
+                return ""
+            try:
+                body = self.transport.read_body(resp, MAX_TOKEN_BODY, f"token endpoint {netloc(url)}",
+                                                deadline)
+                return self._token_from(body, name, netloc(url))
+            except (TransportError, _Stop):
+                return ""
 
     def proxy_for(self, host: str) -> ProxyChoice:
         """The proxy the probe of ``host`` goes through (for ``syncer check``)."""
@@ -304,7 +346,7 @@ class Prober:
     def _basic(self, name: str, ping: str, credential: Credential, anonymous: requests.Response,
                deadline: Deadline) -> None:
         self.transport.release(anonymous)
-        with self._get(ping, _basic_header(credential), f"{name} /v2/", deadline) as resp:
+        with self._get(ping, basic_header(credential), f"{name} /v2/", deadline) as resp:
             status = resp.status_code
         log.debug("probe %s: GET /v2/ with Basic auth -> %d", name, status)
         self._verdict(name, status, credential.username, "Basic auth")
@@ -346,7 +388,7 @@ class Prober:
                         f"{name} sent a Bearer realm with credentials in its URL "
                         f"({netloc(realm)}); not used")
 
-    def _token_url(self, name: str, challenge: Challenge, user: str) -> str:
+    def _token_url(self, name: str, challenge: Challenge, user: str, scope: str = "") -> str:
         realm = challenge.params["realm"]
         self._check_realm(name, realm)
         parts = urlsplit(realm)
@@ -359,6 +401,8 @@ class Prober:
         if service:  # nvcr.io sends no service; docker then omits the parameter
             query.append(("service", service))
         query += [("offline_token", "true"), ("client_id", self._client_id), ("account", user)]
+        if scope:  # only the pull check asks for one (syncer.canary), always with credentials
+            query.append(("scope", scope))
         return urlunsplit((parts.scheme, parts.netloc, parts.path or "/", urlencode(query), ""))
 
     def _bearer(self, name: str, ping: str, challenge: Challenge, credential: Credential,
@@ -372,15 +416,15 @@ class Prober:
         self._verdict(name, status, user, f"bearer token from {realm_host}")
 
     def _fetch_token(self, name: str, challenge: Challenge, credential: Credential,
-                     deadline: Deadline) -> tuple[str, str]:
+                     deadline: Deadline, scope: str = "") -> tuple[str, str]:
         """The token from the realm, and the realm's host for messages."""
         user = credential.username
-        token_url = self._token_url(name, challenge, user)
+        token_url = self._token_url(name, challenge, user, scope)
         realm_host = netloc(token_url)
         what = f"token endpoint {realm_host}"
         # Connection: close - the token body is read in full, which would pool the connection
         # past this probe (see Transport.release for why none may outlive it).
-        with self._get(token_url, _basic_header(credential), what, deadline, close=True) as resp:
+        with self._get(token_url, basic_header(credential), what, deadline, close=True) as resp:
             status = resp.status_code
             log.debug("probe %s: token endpoint %s -> %d", name, realm_host, status)
             if status in (401, 403):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from syncer.canary import PullCheck, PullOutcome, verdict
 from syncer.config import TargetSettings
 from syncer.dockerconfig import Change, HostChange
 from syncer.events import EventSpec
@@ -57,6 +58,8 @@ class RegistryReport:
     """Targets that received this registry's new credentials this cycle."""
     stage: str = ""
     """Where it failed: ``vault`` or ``probe``."""
+    pulls: tuple[PullCheck, ...] = ()
+    """Canary pull checks (``verify_images``) of this cycle; none unless the login was proven."""
 
     @property
     def failed(self) -> bool:
@@ -69,6 +72,36 @@ class RegistryReport:
         if self.detail:  # may quote Vault's or the registry's error text
             text += f" - {safe(self.detail, DETAIL_LIMIT)}"
         return text
+
+
+def record_pulls(report: RegistryReport, checks: tuple[PullCheck, ...]) -> bool:
+    """Fold the canary checks into a proven login's report; True when every canary is denied,
+    which rejects the credential (issue 13). A stale canary (not found) is only a warning."""
+    if verdict(checks) == "denied":
+        images = ", ".join(c.image for c in checks)
+        report.outcome, report.stage, report.reason = RegistryOutcome.REJECTED, "probe", "pull_denied"
+        report.detail = (f"the credential from Vault logs in but has no pull access to {images} "
+                         f"({'; '.join(c.detail for c in checks)}); old entries kept")
+        return True
+    if checks:
+        report.detail += "; " + "; ".join(f"canary {c.image}: {_PULL_WORDS[c.outcome]}" for c in checks)
+    return False
+
+
+_PULL_WORDS = {
+    PullOutcome.OK: "pull verified",
+    PullOutcome.PULL_DENIED: "WARNING no pull access",
+    PullOutcome.NOT_FOUND: "WARNING not found (stale canary? the credential was written)",
+    PullOutcome.UNVERIFIED: "public repository, pull access unverified",
+    PullOutcome.ERROR: "check failed (indeterminate)",
+}
+
+
+def canary_warnings(report: RegistryReport) -> list[PullCheck]:
+    """Canaries that were denied or not found while the credential was still written."""
+    if report.outcome is RegistryOutcome.REJECTED:
+        return []
+    return [c for c in report.pulls if c.outcome in (PullOutcome.PULL_DENIED, PullOutcome.NOT_FOUND)]
 
 
 @dataclass
@@ -173,6 +206,8 @@ def events_for(summary: Summary) -> list[EventSpec]:
     if summary.dry_run:
         return []
     rejected = {r.host for r in summary.registries if r.outcome is RegistryOutcome.REJECTED}
+    denied = {r.host: r for r in summary.registries if r.reason == "pull_denied"}
+    warned = {r.host: warnings for r in summary.registries if (warnings := canary_warnings(r))}
     specs = []
     for t in summary.targets:
         ns, name = t.target.namespace, t.target.name
@@ -183,8 +218,17 @@ def events_for(summary: Summary) -> list[EventSpec]:
         if t.writes and changed:
             specs.append(EventSpec(ns, name, "CredentialsRotated", "; ".join(changed)))
         for host in sorted(rejected & set(t.held_back)):
+            if host in denied:
+                images = ", ".join(c.image for c in denied[host].pulls)
+                specs.append(EventSpec(ns, name, "PullAccessDenied", f"{host}: the credentials from "
+                                       f"Vault cannot pull {images}; the previous entry was kept",
+                                       warning=True))
+                continue
             specs.append(EventSpec(ns, name, "LoginRejected", f"{host}: the registry rejected the "
                                    "credentials from Vault; the previous entry was kept", warning=True))
+        for host in sorted(set(warned) & {c.host for c in t.changes}):
+            specs.append(EventSpec(ns, name, "CanaryImageWarning", f"{host}: " + "; ".join(
+                f"{c.image}: {c.outcome.value}" for c in warned[host]), warning=True))
         if t.drift and t.target.drift == "repair" and t.writes:
             specs.append(EventSpec(ns, name, "DriftRepaired", f"{', '.join(t.drift)}: entry edited by "
                                    "hand while Vault was unchanged; restored from Vault", warning=True))

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from syncer import dockerconfig, drift, logs, targets
+from syncer.canary import PullCheck, PullChecker
 from syncer.config import RegistrySettings, Settings, TargetSettings
 from syncer.credential import Credential, VersionedCredential
 from syncer.dockerconfig import Change
@@ -30,6 +31,7 @@ from syncer.report import (
     Summary,
     TargetOutcome,
     TargetReport,
+    record_pulls,
 )
 from syncer.target_errors import TargetError, TargetErrorKind
 from syncer.targets import Snapshot, TargetStore, TargetStores
@@ -50,43 +52,48 @@ class _Unread:
 
 
 UNREAD = _Unread()
+Verified = tuple[ProbeResult, tuple[PullCheck, ...]]
+"""A probe result and the canary pull checks that ran after it (none unless the login is ok)."""
 Listed = Snapshot | TargetError | None
 """A prefetched target, the error decoding it, or None when the LIST showed it does not exist."""
 
 
 class ProbeCache:
-    """Conclusive probe results, reused for the same login while younger than ``interval``."""
+    """Conclusive verdicts (a probe result and its pull checks), reused for the same login while
+    younger than ``interval``."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self._cache: dict[tuple[str, str], tuple[float, ProbeResult]] = {}
-        """(host, login digest) -> (when, conclusive result)."""
+        self._cache: dict[tuple[str, str], tuple[float, Verified]] = {}
+        """(host, login digest) -> (when, conclusive verdict)."""
         self._lock = threading.Lock()
 
-    def probe(self, prober: Prober, host: str, credential: Credential,
-              should_stop: Callable[[], bool], now: float) -> ProbeResult:
-        """Probe, or reuse a conclusive result for the same login younger than the interval
+    def get(self, host: str, credential: Credential, verify: Callable[[], Verified],
+            now: float) -> Verified:
+        """``verify()``, or a conclusive verdict for the same login younger than the interval
         (``now`` is the time by the Syncer's clock).
 
-        Only ok/unverified/rejected are reused; errors are always probed again. A rotated
-        login has a new digest, so it is always probed.
+        Only ok/unverified/rejected are reused (with their pull checks, unless one of those
+        erred); errors are always probed again. A rotated login has a new digest, so it is
+        always probed.
         """
         if self.interval <= 0:
-            return prober.probe(host, credential, should_stop)
+            return verify()
         digest = hashlib.sha256(f"{credential.username}\0{credential.password}".encode()).hexdigest()
         key = (host, digest)
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self.interval:
             return cached[1]
-        result = prober.probe(host, credential, should_stop)
+        result, pulls = verified = verify()
         with self._lock:
             # Forget older logins of this host so the cache holds at most one entry per host.
             for old in [k for k in self._cache if k[0] == host]:
                 del self._cache[old]
-            if result.outcome in (Outcome.OK, Outcome.UNVERIFIED, Outcome.REJECTED):
-                self._cache[key] = (now, result)
-        return result
+            if (result.outcome in (Outcome.OK, Outcome.UNVERIFIED, Outcome.REJECTED)
+                    and not any(p.outcome == "error" for p in pulls)):
+                self._cache[key] = (now, verified)
+        return verified
 
 
 class Syncer:
@@ -119,6 +126,9 @@ class Syncer:
         self._emails = {r.host: r.email for r in settings.registries}
         self._deadline = float("inf")
         self._probes = ProbeCache(settings.probe.interval)
+        self.pulls = PullChecker(self.prober) if self.prober is not None else None
+        """Canary pull checks (``verify_images``), run with the probe and cached with it."""
+        self._images = {r.host: r.verify_images for r in settings.registries}
 
     # ------------------------------------------------------------------ cycle
 
@@ -273,11 +283,15 @@ class Syncer:
     def _probe_host(self, prober: Prober, host: str, credential: Credential,
                     report: RegistryReport) -> bool:
         """Probe one host and record the verdict in its report; True = blocked."""
-        result = self._probes.probe(prober, host, credential, self.should_stop, self.clock())
+        result, report.pulls = self._probes.get(
+            host, credential, lambda: self._verify(prober, host, credential), self.clock())
         self.progress()  # a finished probe is a step of the cycle (health: stuck vs long)
         report.probe = result
         if result.outcome is Outcome.OK:
             report.outcome, report.detail = RegistryOutcome.OK, "login verified"
+            if record_pulls(report, report.pulls):  # every canary denied: as good as rejected
+                log.error("registry %s: %s", host, safe(report.detail, DETAIL_LIMIT))
+                return self.settings.probe.verify_before_write
         elif result.outcome is Outcome.UNVERIFIED:
             report.outcome, report.reason = RegistryOutcome.UNVERIFIED, "unverified"
             report.detail = "registry accepts anonymous access; credentials could not be verified"
@@ -299,6 +313,13 @@ class Syncer:
             log.error("registry %s: probe error (%s): %s", host, result.reason,
                       safe(result.detail, DETAIL_LIMIT))
         return False
+
+    def _verify(self, prober: Prober, host: str, credential: Credential) -> Verified:
+        """The login probe and, once the login is proven, the canary pull checks."""
+        result = prober.probe(host, credential, self.should_stop)
+        if result.outcome is not Outcome.OK or self.pulls is None:
+            return result, ()
+        return result, self.pulls.check(host, credential, self._images.get(host, ()), self.should_stop)
 
     # ------------------------------------------------------------------ targets
 

@@ -379,14 +379,15 @@ class Transport:
         return choose_proxy(url, self._proxy_env, self._settings.proxy)
 
     def get(self, url: str, authorization: str | None, what: str, deadline: Deadline,
-            close: bool = False) -> requests.Response:
-        """GET with retries for timeouts, connection errors, 429 and 5xx (never 401/403),
-        all within ``deadline``. Raises ``TransportError``."""
+            close: bool = False, method: str = "GET", accept: str = "") -> requests.Response:
+        """GET (or ``method``, e.g. a manifest HEAD with an ``accept`` list) with retries for
+        timeouts, connection errors, 429 and 5xx (never 401/403), all within ``deadline``.
+        Raises ``TransportError``."""
         attempt = 0
         while True:
             delay: float | None = None
             try:
-                resp = self._get_following(url, authorization, what, deadline, close)
+                resp = self._get_following(url, authorization, what, deadline, close, method, accept)
             except _Retryable as exc:
                 reason, problem = exc.reason, exc.message
             else:
@@ -410,14 +411,17 @@ class Transport:
             attempt += 1
 
     def _get_following(self, url: str, authorization: str | None, what: str,
-                       deadline: Deadline, close: bool) -> requests.Response:
-        """One GET; follows same-origin redirects only, so Authorization never changes host."""
+                       deadline: Deadline, close: bool, method: str = "GET",
+                       accept: str = "") -> requests.Response:
+        """One request; follows same-origin redirects only, so Authorization never changes host."""
         start = _checked_origin(url, what)
         headers = {"Authorization": authorization} if authorization else {}
         if close:
             headers["Connection"] = "close"
+        if accept:
+            headers["Accept"] = accept
         for _hop in range(MAX_REDIRECTS + 1):
-            resp = self._send(url, headers, what, deadline)
+            resp = self._send(url, headers, what, deadline, method)
             location = resp.headers.get("Location")
             if resp.status_code not in _REDIRECT_CODES or not location:
                 return resp
@@ -434,7 +438,7 @@ class Transport:
         raise TransportError("redirect", f"{what} redirected more than {MAX_REDIRECTS} times")
 
     def _send(self, url: str, headers: dict[str, str], what: str,
-              deadline: Deadline) -> requests.Response:
+              deadline: Deadline, method: str = "GET") -> requests.Response:
         """One request, every failure mapped: TransportError, or _Retryable for retries."""
         timeout = min(self._settings.timeout, deadline.remaining())
         if timeout <= 0:
@@ -442,8 +446,8 @@ class Transport:
         choice = self.proxy_for(url)
         proxies = {"https": choice.url, "http": choice.url} if choice.url else {}
         try:
-            resp = self._session.get(url, headers=headers, timeout=(timeout, timeout),
-                                     allow_redirects=False, stream=True, proxies=proxies)
+            resp = self._session.request(method, url, headers=headers, timeout=(timeout, timeout),
+                                         allow_redirects=False, stream=True, proxies=proxies)
         except requests.exceptions.RequestException as exc:
             if deadline.why:
                 raise _expired(deadline, what) from None

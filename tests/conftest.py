@@ -10,6 +10,7 @@ import trustme
 from tests.support.kube_fixtures import *  # noqa: F403
 from tests.support.registry_fixtures import *  # noqa: F403
 from tests.support.vault_fixtures import *  # noqa: F403
+from tests.support.watch_fixtures import *  # noqa: F403
 
 
 @pytest.fixture(scope="session")

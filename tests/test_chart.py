@@ -4,7 +4,11 @@
 * ``helm template`` for every mode validates against the Kubernetes schemas, and its ConfigMap
   passes the syncer's own config validation and agrees with the pod (mounts, token, ports);
 * the RBAC is exactly what the rendered config needs, and replayed on the Kubernetes API test
-  server it is enough for a real ``syncer --once`` (and one rule fewer fails cleanly);
+  server it is enough for a real ``syncer --once`` (and one rule fewer fails cleanly), for the
+  Deployment's config and for the CronJob's own container args and config;
+* the Vault credential values (token, approle, cert, vaultCA) mount Secrets that log in to a
+  real OpenBao;
+* deploy/'s kustomize files are the chart's rendering (``render_manifests.py --check``);
 * the schema refuses misspelled and mistyped values, naming the key;
 * the selector labels do not move with values (``helm upgrade`` cannot hit the immutable
   selector), and the PrometheusRule and dashboard are the files deploy/ ships.
@@ -25,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 import yaml
 
 from syncer import config as config_mod
 from tests.support.scenario import make_world, ngc_login, registry_spec
-from tests.support.world import SYNCER_TOKEN, World
+from tests.support.vault_fixtures import reg
+from tests.support.world import SYNCER_TOKEN, Result, World
 from tests.test_deploy import (
     DEPLOY,
     assert_hardened,
@@ -43,6 +49,7 @@ from tests.test_deploy import (
     settings_of,
     validate_objects,
     workload_of,
+    write_config,
 )
 
 CHART = DEPLOY / "chart" / "registry-credential-syncer"
@@ -289,7 +296,8 @@ def test_selector_labels_do_not_change_with_values() -> None:
     """helm upgrade cannot change a Deployment's selector: no value may move it."""
     base = template("default")
     changed = template("default", "image.tag=9.9.9", "config.probe.retries=5", "replicas=3",
-                       "podLabels.team=ml", "leaderElection.leaseDuration=20s")
+                       "podLabels.team=ml", "leaderElection.leaseDuration=20s", "fullnameOverride=syncer",
+                       "vaultAuth.method=jwt", "networkPolicy.enabled=true", "metrics.port=9200")
     for objects in (base, changed):
         deployment = one(objects, "Deployment")
         assert deployment["spec"]["selector"]["matchLabels"] == SELECTOR
@@ -302,6 +310,37 @@ def test_selector_labels_do_not_change_with_values() -> None:
     old, new = (one(o, "Deployment")["spec"]["template"]["metadata"]["annotations"][annotation]
                 for o in (base, changed))
     assert old != new
+
+
+def test_only_name_override_moves_the_selector_and_the_docs_say_so() -> None:
+    """nameOverride is the one value in the selector (app.kubernetes.io/name): install-time only."""
+    moved = one(template("default", "nameOverride=rcs"), "Deployment")["spec"]["selector"]["matchLabels"]
+    assert moved == {**SELECTOR, "app.kubernetes.io/name": "rcs"}
+    readme = (CHART / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `nameOverride`"))
+    assert "selector" in row and "install" in row, row
+
+
+@pytest.mark.parametrize("mode", ["default", "cronjob"])
+def test_scheduling_and_account_values_reach_the_pod(mode: str, tmp_path: Path) -> None:
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "infra", "effect": "NoSchedule"}
+    values = {"nodeSelector": {"kubernetes.io/os": "linux"}, "tolerations": [toleration],
+              "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                  "nodeSelectorTerms": [{"matchExpressions": [
+                      {"key": "node-role", "operator": "In", "values": ["infra"]}]}]}}},
+              "priorityClassName": "system-cluster-critical", "imagePullSecrets": [{"name": "own-pull"}],
+              "serviceAccount": {"create": False, "name": "existing-sa"}}
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    objects = template(mode, files=(str(tmp_path / "values.yaml"),))
+    validate_objects(objects)
+    pod = pod_spec(workload_of(objects))
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets"):
+        assert pod[key] == values[key], key
+    assert pod["serviceAccountName"] == "existing-sa"
+    assert not [o for o in objects if o["kind"] == "ServiceAccount"]
+    subjects = [s for o in objects if o["kind"].endswith("Binding") for s in o["subjects"]]
+    assert subjects and {s["name"] for s in subjects} == {"existing-sa"}
+    assert not [o for o in template(mode, "rbac.create=false") if "Role" in o["kind"]]
 
 
 def test_pdb_only_with_more_than_one_replica() -> None:
@@ -418,10 +457,19 @@ def test_notes_tell_how_to_see_the_first_sync(tmp_path: Path) -> None:
         '{{- define "test.notes" -}}\n' + notes_txt.read_text() + '\n{{- end -}}\n'
         'notes: {{ include "test.notes" . | toJson }}\n')
     notes_txt.unlink()
-    out = helm("template", RELEASE, str(chart), "--namespace", NAMESPACE, "-f", MODES["domino"][0],
-               "--show-only", "templates/notes.yaml")
-    assert out.returncode == 0, out.stderr
-    notes = yaml.safe_load(out.stdout)["notes"]
+
+    def notes_of(mode: str) -> str:
+        out = helm("template", RELEASE, str(chart), "--namespace", NAMESPACE, "-f", MODES[mode][0],
+                   "--show-only", "templates/notes.yaml")
+        assert out.returncode == 0, out.stderr
+        text: str = yaml.safe_load(out.stdout)["notes"]
+        return text
+
+    cron = notes_of("cronjob")
+    assert f"create job --from=cronjob/{RELEASE} {RELEASE}-first" in cron
+    assert f"logs job/{RELEASE}-first" in cron and "syncer check --config config.toml" in cron
+    assert "kubectl -n apps get secret registry-pull" in cron and "port-forward" not in cron
+    notes = notes_of("domino")
     assert f"kubectl -n {NAMESPACE} logs deploy/{RELEASE}" in notes
     assert f"exec deploy/{RELEASE} -- syncer check --config /etc/syncer/config.toml" in notes
     assert "/metrics" in notes and "9102" in notes
@@ -504,6 +552,168 @@ def test_without_a_rendered_rule_the_sync_fails_cleanly(
     assert world.kube.get_secret("domino-compute", "domino-quay-repos") == before
 
 
+# ------------------------------------------------------------------------------ CronJob replay
+
+
+def cronjob_config(world: World, objects: list[dict[str, Any]], login: dict[str, Any]) -> Path:
+    """The CronJob's config.toml as the chart renders it, every section and target kept, with the
+    test's servers standing in: Vault (token auth for the projected token), the API server (a
+    kubeconfig with the syncer's token), the registries' CA, and the htpasswd registry for nvcr.io."""
+    data = tomllib.loads(config_text(objects))
+    assert "leader_election" not in data and "metrics" not in data, "a --once run has neither"
+    (ngc,) = data["registries"]
+    assert ngc["host"] == "nvcr.io"
+    ngc.update(host=login["host"], path=world.path(login["path"]))
+    data["vault"].update(address=world.bao.address, timeout="5s")
+    data["vault"]["auth"] = {"method": "token", "token_file": str(world.token_file)}
+    data["kubernetes"].update(kubeconfig=world.kubeconfig, timeout="5s")
+    data["probe"].update(ca_cert=world.ca_file, timeout="5s", retries=0)
+    return write_config(world, data)
+
+
+def run_cronjob(world: World, objects: list[dict[str, Any]], config: Path) -> Result:
+    """The CronJob's container as the kubelet starts it: the image's entrypoint (`syncer`) with
+    the rendered args and environment, the mounted config file standing at ``config``."""
+    workload = one(objects, "CronJob")
+    c, env = container(workload), env_of(workload)
+    assert "command" not in c, "the image's ENTRYPOINT (syncer) runs"
+    mounted = env["SYNCER_CONFIG"]
+    argv = [str(config) if arg == mounted else arg for arg in c["args"]]
+    assert argv != c["args"] and "--once" in argv
+    return world.run_argv(argv, env={**env, "SYNCER_CONFIG": str(config)})
+
+
+def test_cronjob_rbac_is_enough_for_its_real_run(chart_world: dict[str, Any]) -> None:
+    """The CronJob mode's RBAC alone (no Lease rules) lets its container's command create and fill
+    the example target; every request is allowed."""
+    world, login = chart_world["world"], chart_world["login"]
+    world.kube.add_namespace("apps")
+    objects = template("cronjob")
+    rules = chart_rules(objects)
+    assert not [r for r in rules if "leases" in r["resources"]]
+    world.kube.set_rules(SYNCER_TOKEN, rules)
+    world.kube.reset_requests()
+    result = run_cronjob(world, objects, cronjob_config(world, objects, login))
+    assert result.code == 0, result.out + result.err
+    assert denied(world) == []
+    assert world.secret_doc("apps", "registry-pull")["auths"][login["host"]]["password"] == login["_key"]
+
+
+@pytest.mark.parametrize(("resource", "verb"), [
+    ("secrets", "create"), ("secrets", "get"), ("events", "create"), (None, None)])
+def test_cronjob_without_its_rules_fails_cleanly(chart_world: dict[str, Any], resource: str | None,
+                                                 verb: str | None) -> None:
+    """One rendered verb fewer (or no RBAC at all): exit 1 naming the target or the Events, no
+    traceback, and no secret written."""
+    world, login = chart_world["world"], chart_world["login"]
+    world.kube.add_namespace("apps")
+    objects = template("cronjob")
+    rules = [] if resource is None else [
+        {**r, "verbs": [v for v in r["verbs"] if v != verb]} if r["resources"] == [resource] else r
+        for r in chart_rules(objects)]
+    assert granted_rules(rules) < granted_rules(chart_rules(objects))
+    world.kube.set_rules(SYNCER_TOKEN, rules)
+    result = run_cronjob(world, objects, cronjob_config(world, objects, login))
+    assert "Traceback" not in result.out + result.err
+    if resource == "events":  # Events are best effort: the sync succeeds and says the Event failed
+        output = result.out + result.err
+        assert result.code == 0 and "forbidden" in output.lower(), output
+        assert world.secret_doc("apps", "registry-pull")["auths"][login["host"]]["password"] == login["_key"]
+        return
+    assert result.code == 1, result.out + result.err
+    assert "target apps/registry-pull: failed" in result.out and "forbidden" in result.out, result.out
+    assert world.kube.get_secret("apps", "registry-pull") is None
+
+
+# ------------------------------------------------------------------ Vault credentials from Secrets
+
+
+def kubelet_files(objects: list[dict[str, Any]], secrets: dict[str, dict[str, str]], root: Path) -> None:
+    """Write what the kubelet mounts for the pod's Secret volumes below ``root`` (keys -> paths,
+    defaultMode), failing on a volume whose Secret or key does not exist, as the kubelet does."""
+    workload = workload_of(objects)
+    mounts = {m["name"]: m for m in container(workload)["volumeMounts"]}
+    for volume in pod_spec(workload)["volumes"]:
+        if "secret" not in volume:
+            continue
+        source = volume["secret"]
+        data = secrets[source["secretName"]]
+        assert mounts[volume["name"]].get("readOnly") is True, volume["name"]
+        directory = root / mounts[volume["name"]]["mountPath"].lstrip("/")
+        directory.mkdir(parents=True, exist_ok=True)
+        for item in source["items"]:
+            path = directory / item["path"]
+            path.write_text(data[item["key"]])
+            path.chmod(item.get("mode", source.get("defaultMode", 0o644)))
+
+
+def rooted_settings(objects: list[dict[str, Any]], root: Path) -> config_mod.Settings:
+    """The chart's settings with every mounted path below ``root``."""
+    text = config_text(objects).replace('"/var/run/secrets/', f'"{root}/var/run/secrets/')
+    return config_mod.from_mapping(tomllib.loads(text), env_of(workload_of(objects)))
+
+
+def test_vault_cert_auth_from_an_existing_tls_secret(bao_tls: Any, bao_paths: Any, ca: Any, ca_file: str,
+                                                     tmp_path: Path, sources: Any) -> None:
+    """method cert: the client cert and key of a kubernetes.io/tls Secret and Vault's CA from
+    another Secret, mounted read-only (0400), log in to a real OpenBao's TLS cert auth."""
+    client_ca = trustme.CA()
+    issued = client_ca.issue_cert("registry-syncer.example.com", common_name="registry-syncer")
+    path, mount = bao_paths.kv(), bao_paths.name("cert")
+    bao_tls.kv_put(path, {"username": "u", "password": "PASSWORD-SENTINEL-chartcert"})
+    bao_tls.enable_cert_auth(mount, client_ca.cert_pem.bytes().decode(), role="syncer",
+                             policies=[bao_tls.read_policy([path])])
+    objects = template("default", "vaultAuth.method=cert", f"vaultAuth.mount={mount}",
+                       "vaultAuth.role=syncer", "vaultAuth.existingSecret.name=vault-client",
+                       "vaultCA.secretName=vault-ca", f"config.vault.address={bao_tls.tls_address}")
+    validate_objects(objects)
+    volumes = {v["name"]: v for v in pod_spec(workload_of(objects))["volumes"]}
+    assert "projected" not in volumes["vault-token"], "no ServiceAccount token for Vault"
+    assert "VAULT" not in json.dumps(container(workload_of(objects))["env"])
+    kubelet_files(objects, {
+        "vault-client": {"tls.crt": issued.cert_chain_pems[0].bytes().decode(),
+                         "tls.key": issued.private_key_pem.bytes().decode()},
+        "vault-ca": {"ca.crt": Path(ca_file).read_text()}}, tmp_path)
+    key = tmp_path / "var/run/secrets/vault/client.key"
+    assert key.stat().st_mode & 0o777 == 0o400
+    settings = rooted_settings(objects, tmp_path)
+    assert (settings.vault.auth.method, settings.vault.auth.role) == ("cert", "syncer")
+    assert settings.vault.ca_cert == f"{tmp_path}/var/run/secrets/vault-ca/ca.crt"
+    assert sources(settings.vault).read(reg(path)).credential.password == "PASSWORD-SENTINEL-chartcert"
+
+
+def test_vault_approle_secret_id_from_an_existing_secret(bao: Any, bao_paths: Any, tmp_path: Path,
+                                                         sources: Any) -> None:
+    """method approle: roleId as a value, the secret ID from a Secret file, a real AppRole login."""
+    path = bao_paths.kv()
+    bao.kv_put(path, {"username": "u", "password": "PASSWORD-SENTINEL-chartapprole"})
+    mount = bao_paths.name("approle")
+    role_id, secret_id = bao.enable_approle(mount, policies=[bao.read_policy([path])])
+    objects = template("default", "vaultAuth.method=approle", f"vaultAuth.mount={mount}",
+                       f"vaultAuth.roleId={role_id}", "vaultAuth.existingSecret.name=vault-approle",
+                       "vaultAuth.existingSecret.key=secret-id", f"config.vault.address={bao.address}")
+    validate_objects(objects)
+    assert secret_id not in json.dumps(objects), "the secret ID is never in a rendered object"
+    kubelet_files(objects, {"vault-approle": {"secret-id": secret_id}}, tmp_path)
+    settings = rooted_settings(objects, tmp_path)
+    assert settings.vault.auth.role_id == role_id
+    assert sources(settings.vault).read(reg(path)).credential.password == "PASSWORD-SENTINEL-chartapprole"
+
+
+@pytest.mark.parametrize(("sets", "problem"), [
+    (("vaultAuth.method=cert",), "vaultAuth.existingSecret.name is required for method cert"),
+    (("vaultAuth.method=approle", "vaultAuth.existingSecret.name=s"), "vaultAuth.roleId is required"),
+    (("vaultCA.secretName=a", "vaultCA.configMapName=b"), "set secretName or configMapName, not both"),
+    (("vaultAuth.method=ldap",), "vaultAuth.method"),
+])
+def test_incomplete_vault_auth_values_are_refused(sets: tuple[str, ...], problem: str) -> None:
+    argv = ["template", RELEASE, str(CHART)]
+    for item in sets:
+        argv += ["--set", item]
+    out = helm(*argv)
+    assert out.returncode != 0 and problem in out.stderr, out.stderr
+
+
 def test_chart_names_are_dns_labels() -> None:
     for obj in template("fanout"):
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", obj["metadata"]["name"]), obj["metadata"]
@@ -512,11 +722,101 @@ def test_chart_names_are_dns_labels() -> None:
 # ------------------------------------------------------------------------------ manifests
 
 
-def test_render_manifests_check_fails_on_drift(tmp_path: Path) -> None:
-    script = [sys.executable, str(DEPLOY.parent / "scripts" / "render_manifests.py")]
+@functools.cache
+def render_manifests() -> Any:
+    """scripts/render_manifests.py as a module (scripts/ is not a package)."""
+    sys.path.insert(0, str(DEPLOY.parent / "scripts"))
+    try:
+        import render_manifests as rm
+    finally:
+        sys.path.pop(0)
+    return rm
+
+
+def test_kustomize_files_are_the_charts_rendering() -> None:
+    """One source of truth: deploy/'s generated kustomize files are what the chart renders now
+    (a chart change without `make manifests` fails here)."""
+    script = [sys.executable, str(DEPLOY.parent / "scripts" / "render_manifests.py"), "--check"]
+    out = subprocess.run(script, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-4000:]
+    rm = render_manifests()
+    for dest in rm.LAYOUT:
+        assert (DEPLOY.parent / dest).read_text().startswith("# Generated by `make manifests`"), dest
+
+
+def test_check_names_the_drifted_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A hand edit of a generated file (one more verb) and a deleted one are both reported."""
+    rm = render_manifests()
+    shutil.copytree(DEPLOY, tmp_path / "deploy", symlinks=True)
+    monkeypatch.setattr(rm, "ROOT", tmp_path)
+    assert rm.main(["--check"]) == 0
+    rbac = tmp_path / "deploy" / "base" / "rbac-target.yaml"
+    rbac.write_text(rbac.read_text().replace("- patch\n", "- patch\n  - update\n", 1))
+    (tmp_path / "deploy" / "overlays" / "domino" / "config.toml").unlink()
+    assert rm.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert "+  - update" not in err and "-  - update" in err, err
+    assert "deploy/base/rbac-target.yaml (on disk)" in err
+    assert "deploy/overlays/domino/config.toml (chart)" in err and "make manifests" in err
+    assert rm.main([]) == 0 and rm.main(["--check"]) == 0  # `make manifests` repairs both
+
+
+def test_every_base_object_has_a_file() -> None:
+    """A new template (say a ServiceMonitor turned on by default) cannot silently miss the base."""
+    rm = render_manifests()
+    placed = {obj for rendering, wanted in rm.LAYOUT.values() if rendering == rm.BASE for obj in wanted}
+    assert {(o["kind"], o["metadata"]["name"]) for o in rm.render(rm.BASE)} == placed
+
+
+@pytest.mark.parametrize("name", ["base", "domino", "fanout", "cronjob"])
+def test_kustomize_builds_the_charts_objects_and_selector(name: str) -> None:
+    """kustomize of the generated base renders the chart's objects: same spec, the chart's
+    selector labels (name + instance), no Helm release labels, no config checksum."""
+    rm = render_manifests()
+    chart = {(o["kind"], o["metadata"]["name"]): rm.for_kustomize(o) for o in template(
+        "cronjob" if name == "cronjob" else "default", files=(str(rm.VALUES),))}
+    built = render(name)
+    pods = [o for o in built if o["kind"] in ("Deployment", "CronJob")]
+    for obj in built:
+        labels = obj["metadata"].get("labels", {})
+        assert "helm.sh/chart" not in labels and "app.kubernetes.io/managed-by" not in labels, obj["metadata"]
+    for workload in pods:
+        template_meta = (workload["spec"]["jobTemplate"]["spec"] if workload["kind"] == "CronJob"
+                         else workload["spec"])["template"]["metadata"]
+        assert SELECTOR.items() <= template_meta["labels"].items()
+        assert "checksum/config" not in template_meta.get("annotations", {})
+    for kind in ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"):
+        for obj in (o for o in built if o["kind"] == kind):
+            spec = obj["spec"]
+            selector = spec.get("selector", spec.get("podSelector"))
+            assert selector in (SELECTOR, {"matchLabels": SELECTOR}), (kind, selector)
+    if name == "base":
+        for obj in built:
+            if obj["kind"] in ("Namespace", "ConfigMap"):  # kustomize's own; generator-hashed
+                continue
+            want = chart[(obj["kind"], obj["metadata"]["name"])]
+            if obj["kind"] == "Deployment":
+                volumes = obj["spec"]["template"]["spec"]["volumes"]
+                config = next(v for v in volumes if v["name"] == "config")["configMap"]
+                assert config["name"].startswith(f"{RELEASE}-config-")  # the generator's hash
+                config["name"] = f"{RELEASE}-config"
+            assert obj == want, obj["kind"]
+
+
+def test_monitoring_overlay_selects_the_base_service() -> None:
+    monitor = one(render("monitoring"), "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    service = one(render("base"), "Service")
+    assert monitor == SELECTOR and monitor.items() <= service["metadata"]["labels"].items()
+
+
+def test_render_manifests_out_writes_your_values_and_checks_them(tmp_path: Path) -> None:
+    script = [sys.executable, str(DEPLOY.parent / "scripts" / "render_manifests.py"),
+              "--values", MODES["domino"][0]]
     out = tmp_path / "rendered"
     subprocess.run([*script, "--out", str(out)], check=True, capture_output=True, timeout=120)
     assert len(list(out.glob("*.yaml"))) >= 10
+    assert (out / "role-domino-compute-registry-credential-syncer-target.yaml").is_file()
     ok = subprocess.run([*script, "--out", str(out), "--check"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     deployment = next(out.glob("deployment-*.yaml"))
@@ -524,30 +824,3 @@ def test_render_manifests_check_fails_on_drift(tmp_path: Path) -> None:
     drifted = subprocess.run([*script, "--out", str(out), "--check"], capture_output=True, text=True,
                              timeout=120)
     assert drifted.returncode == 1 and "replicas: 5" in drifted.stderr and "make manifests" in drifted.stderr
-
-
-def test_base_values_reproduce_the_kustomize_base() -> None:
-    """deploy/chart/base-values.yaml renders deploy/base's objects, config and RBAC; what is left
-    are label differences the cut-over must handle (the selector gains app.kubernetes.io/instance
-    and drops app.kubernetes.io/component; the Namespace is helm's --create-namespace)."""
-    sys.path.insert(0, str(DEPLOY.parent / "scripts"))
-    try:
-        import render_manifests as rm
-    finally:
-        sys.path.pop(0)
-    objects = rm.render()
-    from tests.test_deploy import render
-
-    base = render("base")
-    # kustomize appends a content hash to the ConfigMap's name; helm rolls pods by annotation.
-    unhashed = [(o["kind"], o["metadata"]["name"].rsplit("-", 1)[0] if o["kind"] == "ConfigMap"
-                 else o["metadata"]["name"]) for o in base if o["kind"] != "Namespace"]
-    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == sorted(unhashed)
-    assert tomllib.loads(config_text(objects)) == tomllib.loads(config_text(base)) | {
-        "leader_election": tomllib.loads(config_text(objects))["leader_election"]}
-    assert settings_of(objects).leader_election.name == settings_of(base).leader_election.name
-    assert granted_rules(chart_rules(objects)) == granted_rules(
-        [{**r, "namespaces": [role["metadata"]["namespace"]]} for role in base if role["kind"] == "Role"
-         for r in role["rules"]])
-    report = rm.compare_kustomize(objects)
-    assert [line for line in report if line.startswith("only in the chart")] == []

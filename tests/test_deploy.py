@@ -60,7 +60,8 @@ K8S_VERSIONS = ("1.31", "1.34")
 SA_USER = "system:serviceaccount:syncer:syncer"  # the identity World gives SYNCER_TOKEN
 CONFIG_KEY = "config.toml"
 DOMINO_NS, DOMINO_SECRET = "domino-compute", "domino-quay-repos"
-ALERTS = ("RegistryCredentialSyncFailing", "RegistryLoginRejected", "RegistryCredentialSyncStale",
+ALERTS = ("RegistryCredentialSyncFailing", "RegistryLoginRejected", "RegistryCanaryPullDenied",
+          "RegistryCredentialSyncStale",
           "RegistryCredentialSyncerDown", "VaultTokenExpiringSoon")
 #: Series Prometheus itself adds to every scrape target; not exported by the syncer.
 PROMETHEUS_SYNTHETIC = {"up"}
@@ -617,7 +618,7 @@ def test_metric_name_extraction_sees_through_functions_and_operators() -> None:
 
 @pytest.fixture
 def domino_world(tmp_path: Path, bao: Any, kube: Any, ca_file: str,
-                 htpasswd_registry: Any) -> Iterator[dict[str, Any]]:
+                 htpasswd_registry: Any, canary_images: Any) -> Iterator[dict[str, Any]]:
     """The Domino overlay as deployed, with the test servers standing in for the cluster's:
 
     * Kubernetes API: the Domino secret (with Domino's own quay.io entry); the syncer's token
@@ -913,6 +914,17 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
      [quiet("RegistryLoginRejected", "4m"),
       fires("RegistryLoginRejected", "7m", registry="nvcr.io"),
       quiet("RegistryLoginRejected", "17m")]),
+    ("a denied canary pull fires per registry and image while the leader counts denials; the "
+     "standby's 0 and an ok canary do not",
+     [series("syncer_image_pull_checks_total", "0x5 1+1x10 11x25", pod="leader", registry="nvcr.io",
+             image="nvidia/pytorch:24.01-py3", result="pull_denied"),
+      series("syncer_image_pull_checks_total", "0x40", pod="standby", registry="nvcr.io",
+             image="nvidia/pytorch:24.01-py3", result="pull_denied"),
+      series("syncer_image_pull_checks_total", "0+1x40", pod="leader", registry="nvcr.io",
+             image="nvidia/cuda:12.3.1-base-ubuntu22.04", result="ok")],
+     [quiet("RegistryCanaryPullDenied", "4m"),
+      fires("RegistryCanaryPullDenied", "8m", registry="nvcr.io", image="nvidia/pytorch:24.01-py3"),
+      quiet("RegistryCanaryPullDenied", "35m")]),
     ("no success for 3 intervals fires; the standby's zero timestamp is ignored while the leader syncs",
      [series("syncer_last_success_timestamp_seconds", "60+60x10 660x40", pod="leader"),
       series("syncer_last_success_timestamp_seconds", "0x50", pod="standby")],

@@ -63,7 +63,8 @@ def daemon_config(world: World, ok_host: str, rejected_host: str) -> tuple[Path,
     world.secrets.add(token)
     token_file = world.tmp / "ttl-token"
     token_file.write_text(token)
-    registries = [{"host": ok_host, "path": "ngc", "username": "$oauthtoken"},
+    registries = [{"host": ok_host, "path": "ngc", "username": "$oauthtoken",
+                   "verify_images": ["team/app:v1"]},  # pushed by the canary_images fixture
                   {"host": rejected_host, "path": "wrong", "username": "$oauthtoken"}]
     targets = [{"namespace_selector": "team=ml", "name": FANOUT_NAME, "create": True,
                 "registries": [ok_host]},
@@ -77,7 +78,8 @@ def daemon_config(world: World, ok_host: str, rejected_host: str) -> tuple[Path,
 
 
 @pytest.fixture
-def stack(tmp_path: Path, bao: Any, kube: Any, ca_file: str, htpasswd_registry: Any) -> Iterator[Stack]:
+def stack(tmp_path: Path, bao: Any, kube: Any, ca_file: str, htpasswd_registry: Any,
+          canary_images: Any) -> Iterator[Stack]:
     prometheus_binary()  # first: fails under CI (skips elsewhere) before anything starts
     for ns in FANOUT_NAMESPACES:
         kube.add_namespace(ns, {"team": "ml"})
@@ -202,6 +204,7 @@ def check_dashboard_variables(stack: Stack) -> None:
 #: What each alert's expression returns for this world: runs fail (one registry rejects its
 #: login), so no run is fully successful; the token has an hour left; the target is up.
 EXPECTED_ALERTS = {"RegistryCredentialSyncFailing": True, "RegistryLoginRejected": True,
+                   "RegistryCanaryPullDenied": False,  # the canary is pullable (htpasswd: any user)
                    "RegistryCredentialSyncStale": True, "RegistryCredentialSyncerDown": False,
                    "VaultTokenExpiringSoon": False}
 

@@ -17,7 +17,8 @@ Layout: this module is the HTTP front (recording, faults, routing, authorisation
 ``kubeapi_auth`` (tokens and the review APIs), ``kubeapi_rbac``, ``kubeapi_faults`` (request records,
 injected faults and hooks), ``kubeapi_discovery`` (version and discovery), and the pure helpers
 ``kubeapi_patch``, ``kubeapi_select``, ``kubeapi_validate``, ``kubeapi_status`` and
-``kubeapi_resources``; ``kubeapi_http`` holds the socket plumbing.
+``kubeapi_resources``; ``kubeapi_watch`` serves watches (``watches``: drop, end, bookmark, inject;
+``compact`` expires old resourceVersions); ``kubeapi_http`` holds the socket plumbing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from tests.support.kubeapi_rbac import allowed as rbac_allowed
 from tests.support.kubeapi_resources import JSON, VIRTUAL
 from tests.support.kubeapi_status import KubeError, bad_request, status_details
 from tests.support.kubeapi_store import ObjectStore
+from tests.support.kubeapi_watch import WatchHub, WatchStream
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
 
@@ -71,6 +73,9 @@ class KubeAPIServer:
         self.auth = Authenticator(self.store)
         self.verbs = ResourceVerbs(self.store)
         self.reviews = Reviews(self.auth, self.verbs)
+        #: open watches: ``watches.drop()``, ``end()``, ``bookmark()``, ``inject()`` (kubeapi_watch)
+        self.watches = WatchHub(self.store)
+        self.compact = self.store.compact
         self._lock = self.store.lock
         self.faults = Faults(self._lock)
         self.add_fault = self.faults.add_fault
@@ -128,6 +133,7 @@ class KubeAPIServer:
         """Stop serving and hang up open connections."""
         if self._server is None:
             return
+        self.watches.close()
         self._server.shutdown()
         self._server.server_close()
         self._server.close_all()
@@ -272,6 +278,9 @@ class KubeAPIServer:
         if record.name is None and req.verb == "create" and req.name:
             record.name = req.name  # like kube audit's objectRef: the created object's name
         record.status = status
+        if isinstance(payload, WatchStream):
+            self.watches.serve(payload, h)
+            return
         self._send(h, status, payload, headers)
 
     @staticmethod
@@ -347,6 +356,8 @@ class KubeAPIServer:
             return self.reviews.review(req, ident)
         if req.subresource == "token":
             return self.reviews.token_request(req)
+        if req.verb == "watch":
+            return 200, self.watches.open(req, self.verbs.list_missing_namespace_404)
         handler = {
             "get": self.verbs.get,
             "list": self.verbs.list,

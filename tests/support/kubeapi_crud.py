@@ -221,7 +221,7 @@ class ResourceVerbs:
                 )
             self.store.stamp_new(rt, obj, req.namespace if rt.namespaced else None, dry_run=req.dry_run)
             if not req.dry_run:
-                self.store.kind(rt)[key] = obj
+                self.store.commit(rt, obj)
             return 201, copy.deepcopy(obj)
 
     def _commit_update(self, req: Request, old: JSON, new: JSON) -> tuple[int, Any]:
@@ -257,7 +257,7 @@ class ResourceVerbs:
         if req.dry_run:
             return 200, copy.deepcopy(new)
         meta["resourceVersion"] = self.store.next_rv()
-        self.store.kind(rt)[(req.namespace or "" if rt.namespaced else "", req.name)] = new
+        self.store.commit(rt, new)
         return 200, copy.deepcopy(new)
 
     def update(self, req: Request) -> tuple[int, Any]:
@@ -362,10 +362,10 @@ class ResourceVerbs:
                 new["status"] = {"phase": "Terminating"}
                 if not req.dry_run:
                     new["metadata"]["resourceVersion"] = self.store.next_rv()
-                    self.store.kind(rt)[key] = new
+                    self.store.commit(rt, new)
                 return 200, copy.deepcopy(new)
             if not req.dry_run:
-                del self.store.kind(rt)[key]
+                self.store.remove(rt, *key)
             return 200, {
                 "kind": "Status",
                 "apiVersion": "v1",

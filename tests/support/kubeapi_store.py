@@ -1,6 +1,7 @@
 """The test server's storage: every object by kind and (namespace, name), and one resourceVersion
-counter for all of them (etcd's revision). Watches (a later issue) will hang off this class: every
-change goes through ``commit`` or ``remove`` here."""
+counter for all of them (etcd's revision). Every change goes through ``commit`` or ``remove`` here,
+which append it to ``history`` (etcd's event log, until ``compact``) and wake the watches waiting on
+``changed`` (see kubeapi_watch)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import datetime as dt
 import json
 import threading
 import uuid
+from bisect import bisect_right
+from dataclasses import dataclass
 
 from tests.support.kubeapi_resources import BY_PATH, JSON, STORED, ResourceType
 from tests.support.kubeapi_status import KubeError, bad_request
@@ -24,6 +27,19 @@ EXPIRED_MESSAGE = (
     "inconsistent list - objects that were created, modified, or deleted between the time the "
     "first chunk was returned and now may show up in the list."
 )
+
+
+@dataclass(frozen=True)
+class Change:
+    """One stored change (an etcd event): ``new`` is the object after it; for DELETED, the last
+    state stamped with the deletion's resourceVersion (as kube's watch sends it)."""
+
+    rv: int
+    group: str
+    plural: str
+    type: str  # ADDED | MODIFIED | DELETED
+    old: JSON | None
+    new: JSON
 
 
 def timestamp_now() -> str:
@@ -45,6 +61,12 @@ class ObjectStore:
         #: revisions below this one are gone (etcd compaction): continue tokens from before it
         #: are 410 Expired
         self.compacted = 0
+        #: changes after ``compacted``, in resourceVersion order (what a watch replays)
+        self.history: list[Change] = []
+        #: older changes are compacted away automatically beyond this many (etcd compacts too)
+        self.history_limit = 5000
+        #: notified (under ``lock``) after every change, so waiting watches wake up
+        self.changed = threading.Condition(self.lock)
         self._objects: dict[tuple[str, str], dict[Key, JSON]] = {(r.group, r.plural): {} for r in STORED}
 
     # ---- primitives (call under the lock) ------------------------------------------------------
@@ -55,9 +77,25 @@ class ObjectStore:
         return str(self.rv)
 
     def compact(self) -> None:
-        """Forget history before now, as etcd's compaction does (older continue tokens expire)."""
+        """Forget history before now, as etcd's compaction does (older continue tokens and watch
+        resourceVersions expire: 410)."""
         with self.lock:
             self.compacted = self.rv
+            self.history.clear()
+            self.changed.notify_all()
+
+    def changes_after(self, rv: int) -> list[Change]:
+        """The recorded changes with a resourceVersion above ``rv`` (call under the lock)."""
+        return self.history[bisect_right(self.history, rv, key=lambda c: c.rv):]
+
+    def _record(self, rt: ResourceType, kind: str, old: JSON | None, new: JSON) -> None:
+        self.history.append(Change(int(new["metadata"]["resourceVersion"]), rt.group, rt.plural, kind,
+                                   copy.deepcopy(old), copy.deepcopy(new)))
+        if len(self.history) > self.history_limit:
+            dropped = self.history[: len(self.history) - self.history_limit]
+            del self.history[: len(dropped)]
+            self.compacted = dropped[-1].rv
+        self.changed.notify_all()
 
     @staticmethod
     def encode_continue(last: Key, rv: int) -> str:
@@ -113,13 +151,21 @@ class ObjectStore:
         return obj
 
     def commit(self, rt: ResourceType, obj: JSON) -> None:
-        """Store an object under its metadata's namespace and name."""
+        """Store an object (already stamped with a new resourceVersion) under its metadata's
+        namespace and name, and record the change."""
         meta = obj["metadata"]
-        self.kind(rt)[key_of(rt, meta.get("namespace"), meta["name"])] = obj
+        key = key_of(rt, meta.get("namespace"), meta["name"])
+        old = self.kind(rt).get(key)
+        self.kind(rt)[key] = obj
+        self._record(rt, "MODIFIED" if old is not None else "ADDED", old, obj)
 
     def remove(self, rt: ResourceType, namespace: str | None, name: str) -> None:
-        """Drop an object if present."""
-        self.kind(rt).pop(key_of(rt, namespace, name), None)
+        """Drop an object if present; the deletion consumes a resourceVersion, like etcd's."""
+        old = self.kind(rt).pop(key_of(rt, namespace, name), None)
+        if old is not None:
+            gone = copy.deepcopy(old)
+            gone["metadata"]["resourceVersion"] = self.next_rv()
+            self._record(rt, "DELETED", old, gone)
 
     # ---- direct state access for tests (bypasses auth and validation) ---------------------------
 
@@ -145,7 +191,7 @@ class ObjectStore:
             if old is not None:
                 obj["metadata"]["uid"] = old["metadata"]["uid"]
                 obj["metadata"]["creationTimestamp"] = old["metadata"]["creationTimestamp"]
-            self.kind(rt)[key_of(rt, namespace, name)] = obj
+            self.commit(rt, obj)
             return copy.deepcopy(obj)
 
     def get_object(self, kind_plural: str, namespace: str | None, name: str) -> JSON | None:
@@ -158,7 +204,7 @@ class ObjectStore:
         """Remove a stored object if present."""
         rt = self.resolve(kind_plural)
         with self.lock:
-            self.kind(rt).pop((namespace or "", name), None)
+            self.remove(rt, namespace, name)
 
     def list_objects(self, kind_plural: str, namespace: str | None = None) -> list[JSON]:
         """Deep copies of stored objects of a kind (all namespaces when namespace is None)."""
@@ -188,9 +234,8 @@ class ObjectStore:
             self.remove(NAMESPACES, None, name)
             for rt in STORED:
                 if rt.namespaced:
-                    store = self.kind(rt)
-                    for key in [k for k in store if k[0] == name]:
-                        del store[key]
+                    for ns, obj_name in [k for k in self.kind(rt) if k[0] == name]:
+                        self.remove(rt, ns, obj_name)
 
     def put_secret(
         self,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import fnmatch
 import http.client
 import json
 import os
@@ -269,6 +270,10 @@ class TokenServer(_HTTPBase):
         self.reject_status = 401
         self.anonymous = True
         self.tokens_valid = True
+        self.acl: dict[str, list[tuple[str, frozenset[str]]]] = {}
+        """Per-repository grants for scoped requests, as Harbor and Quay keep them: subject
+        (``""`` = anonymous, and so everyone) -> [(repository glob, actions)]. Nobody listed gets
+        no access."""
         self.issued: list[IssuedToken] = []
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.signing_cert = _self_signed(self._key, "test token signer")
@@ -281,6 +286,7 @@ class TokenServer(_HTTPBase):
             self.reject_status = 401
             self.anonymous = True
             self.tokens_valid = True
+            self.acl = {}
             self.issued.clear()
             self.requests.clear()
 
@@ -299,11 +305,38 @@ class TokenServer(_HTTPBase):
                     return issued.subject
         return None
 
-    def make_token(self, subject: str, audience: str | None = None) -> str:
+    def grant(self, subject: str, repository: str, *actions: str) -> None:
+        """Let ``subject`` ("" = anonymous) do ``actions`` on repositories matching the glob."""
+        with self._lock:
+            self.acl.setdefault(subject, []).append((repository, frozenset(actions)))
+
+    def _access(self, subject: str, scopes: list[str]) -> list[dict[str, Any]]:
+        """The granted part of the requested ``repository:NAME:ACTIONS`` scopes."""
+        with self._lock:
+            # What anonymous users may do (a public repository), every user may do, as in Harbor.
+            rules = self.acl.get(subject, []) + (self.acl.get("", []) if subject else [])
+        access = []
+        for scope in " ".join(scopes).split():
+            kind, _, rest = scope.partition(":")
+            name, _, wanted = rest.rpartition(":")
+            if kind != "repository" or not name:
+                continue
+            allowed: set[str] = set()
+            for pattern, actions in rules:
+                if fnmatch.fnmatchcase(name, pattern):
+                    allowed |= actions
+            granted = [a for a in wanted.split(",") if a in allowed]
+            if granted:
+                access.append({"type": "repository", "name": name, "actions": granted})
+        return access
+
+    def make_token(self, subject: str, audience: str | None = None,
+                   access: list[dict[str, Any]] | None = None) -> str:
         now = int(time.time())
         claims = {
             "iss": self.issuer, "sub": subject, "aud": audience or self.service,
-            "exp": now + 300, "nbf": now - 5, "iat": now, "jti": uuid.uuid4().hex, "access": [],
+            "exp": now + 300, "nbf": now - 5, "iat": now, "jti": uuid.uuid4().hex,
+            "access": access or [],
         }
         der = self.signing_cert.public_bytes(serialization.Encoding.DER)
         return jwt.encode(claims, self._key, algorithm="RS256",
@@ -327,7 +360,7 @@ class TokenServer(_HTTPBase):
         if self.shape == "not_json":
             return Reply(200, [("Content-Type", "text/html")], b"<html>login</html>")
         audience = None if self.tokens_valid else "some-other-service"
-        token = self.make_token(subject, audience)
+        token = self.make_token(subject, audience, self._access(subject, incoming.query.get("scope", [])))
         body: dict[str, Any] = {"expires_in": 300, "issued_at": _now_iso()}
         issued = [IssuedToken(token, subject, self.tokens_valid)]
         if self.shape in ("token", "access_token"):
@@ -536,3 +569,10 @@ class Registry:
             return 0
         return sum(1 for line in self.log_path.read_text(errors="replace").splitlines()
                    if '"GET /v2/ ' in line and "registry-readiness" not in line)
+
+    def manifest_heads(self, repository: str) -> int:
+        """HEAD requests for manifests of ``repository`` so far (access log), with or without auth."""
+        if not self.log_path.exists():
+            return 0
+        needle = f'"HEAD /v2/{repository}/manifests/'
+        return sum(needle in line for line in self.log_path.read_text(errors="replace").splitlines())

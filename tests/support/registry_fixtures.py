@@ -13,10 +13,13 @@ import pytest
 import trustme
 
 from syncer.config import ProbeSettings
+from tests.support.images import Layout, build_layout, push
 from tests.support.registry import FakeServer, Registry, Responder, TokenServer
 
 __all__ = [
+    "CANARY_REPOSITORIES",
     "DEFAULT_USERS",
+    "canary_images",
     "TokenRegistry",
     "registry_fake_server",
     "htpasswd_registry",
@@ -113,3 +116,31 @@ def registry_fake_server(ca: trustme.CA) -> Iterator[Callable[..., FakeServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+CANARY_REPOSITORIES = ("team/app", "other/secret", "public/base")
+"""Pushed to the token registry as ``:v1`` by ``canary_images`` (team/app to htpasswd's too)."""
+
+
+@pytest.fixture(scope="session")
+def canary_images(token_registry_server: TokenRegistry, htpasswd_registry_server: Registry,
+                  ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Layout:
+    """One small image pushed with skopeo to ``CANARY_REPOSITORIES`` (``:v1``) on the token
+    registry and to ``team/app:v1`` and ``nvidia/pytorch:24.01-py3`` (the Domino examples'
+    canary) on the htpasswd registry; the Layout carries its digest."""
+    certs = tmp_path_factory.mktemp("skopeo-certs")
+    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    layout = build_layout(tmp_path_factory.mktemp("oci-layout"), "v1", b"canary image\n")
+    tokens = token_registry_server.token_server
+    tokens.reset({**DEFAULT_USERS, "pusher": "pusher-secret"})
+    tokens.grant("pusher", "*", "pull", "push")
+    try:
+        for repository in CANARY_REPOSITORIES:
+            push(layout, token_registry_server.host, repository, ("pusher", "pusher-secret"), certs)
+    finally:
+        tokens.reset(DEFAULT_USERS)
+    robot = ("robot$ci", DEFAULT_USERS["robot$ci"])
+    push(layout, htpasswd_registry_server.host, "team/app", robot, certs)
+    # The canary of the shipped Domino examples, for the tests that run them as deployed.
+    push(layout, htpasswd_registry_server.host, "nvidia/pytorch", robot, certs, tag="24.01-py3")
+    return layout

@@ -121,9 +121,13 @@ class World:
         return path
 
     def run(self, config: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+        return self.run_argv(["--config", str(config), "--once", *args], env=env)
+
+    def run_argv(self, argv: list[str], env: dict[str, str] | None = None) -> Result:
+        """``syncer ARGV`` in-process, e.g. a rendered container's args."""
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(["--config", str(config), "--once", *args], env=env or {})
+            code = main(argv, env=env or {})
         logging.getLogger().handlers.clear()
         result = Result(code, out.getvalue(), err.getvalue())
         self.outputs += [result.out, result.err]

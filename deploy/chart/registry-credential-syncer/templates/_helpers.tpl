@@ -94,14 +94,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- $cfg := deepCopy .Values.config -}}
 {{- $auth := dict "method" .Values.vaultAuth.method -}}
 {{- if .Values.vaultAuth.mount }}{{ $_ := set $auth "mount" .Values.vaultAuth.mount }}{{ end -}}
-{{- if eq .Values.vaultAuth.method "token" -}}
+{{- $va := .Values.vaultAuth -}}
+{{- if eq $va.method "token" -}}
 {{- $_ := set $auth "token_file" "/var/run/secrets/vault/token" -}}
+{{- else if eq $va.method "approle" -}}
+{{- $_ := set $auth "role_id" (required "vaultAuth.roleId is required for method approle" $va.roleId) -}}
+{{- $_ := set $auth "secret_id_file" "/var/run/secrets/vault/secret-id" -}}
+{{- else if eq $va.method "cert" -}}
+{{- if $va.role }}{{ $_ := set $auth "role" $va.role }}{{ end -}}
+{{- $_ := set $auth "client_cert" "/var/run/secrets/vault/client.crt" -}}
+{{- $_ := set $auth "client_key" "/var/run/secrets/vault/client.key" -}}
 {{- else -}}
-{{- $_ := set $auth "role" .Values.vaultAuth.role -}}
+{{- $_ := set $auth "role" $va.role -}}
 {{- $_ := set $auth "jwt_file" "/var/run/secrets/vault/token" -}}
 {{- end -}}
 {{- $vault := default (dict) (get $cfg "vault") -}}
 {{- $_ := set $vault "auth" $auth -}}
+{{- if include "rcs.vaultCA" . }}{{ $_ := set $vault "ca_cert" "/var/run/secrets/vault-ca/ca.crt" }}{{ end -}}
 {{- $_ := set $cfg "vault" $vault -}}
 {{- if eq .Values.mode "deployment" -}}
 {{- $_ := set $cfg "metrics" (merge (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) (default (dict) (get $cfg "metrics"))) -}}
@@ -116,7 +125,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* The effective config as a map: parsed from configToml, or the structured values. */}}
 {{- define "rcs.config" -}}
-{{- if .Values.configToml -}}{{ toJson (fromToml .Values.configToml) }}{{- else -}}{{ include "rcs.configData" . }}{{- end -}}
+{{- if .Values.configToml -}}
+{{- $parsed := fromToml .Values.configToml -}}
+{{- /* fromToml reports a parse error as {"Error": "..."} instead of failing. */ -}}
+{{- if hasKey $parsed "Error" }}{{ fail (printf "configToml: not valid TOML: %v" $parsed.Error) }}{{ end -}}
+{{- toJson $parsed -}}
+{{- else -}}{{ include "rcs.configData" . }}{{- end -}}
 {{- end -}}
 
 {{- define "rcs.configToml" -}}
@@ -126,4 +140,17 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 # Rendered by the registry-credential-syncer chart from .Values.config (every key: config.example.toml).
 {{ include "rcs.toml.table" (dict "path" "" "table" (include "rcs.configData" . | fromJson)) }}
 {{- end -}}
+{{- end -}}
+
+{{/* Whether a CA bundle for Vault's certificate is mounted (vaultCA.secretName/configMapName). */}}
+{{- define "rcs.vaultCA" -}}
+{{- if and .Values.vaultCA.secretName .Values.vaultCA.configMapName -}}
+{{- fail "vaultCA: set secretName or configMapName, not both" -}}
+{{- end -}}
+{{- if or .Values.vaultCA.secretName .Values.vaultCA.configMapName }}true{{ end -}}
+{{- end -}}
+
+{{/* Vault auth methods whose credential comes from vaultAuth.existingSecret. */}}
+{{- define "rcs.vaultSecretAuth" -}}
+{{- if has .Values.vaultAuth.method (list "token" "approle" "cert") }}true{{ end -}}
 {{- end -}}

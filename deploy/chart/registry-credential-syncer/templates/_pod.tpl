@@ -88,6 +88,11 @@ spec:
         - name: vault-token
           mountPath: /var/run/secrets/vault
           readOnly: true
+        {{- if include "rcs.vaultCA" . }}
+        - name: vault-ca
+          mountPath: /var/run/secrets/vault-ca
+          readOnly: true
+        {{- end }}
         - name: kube-api-access
           mountPath: /var/run/secrets/kubernetes.io/serviceaccount
           readOnly: true
@@ -97,15 +102,25 @@ spec:
     - name: config
       configMap:
         name: {{ include "rcs.fullname" . }}-config
-    {{- if eq .Values.vaultAuth.method "token" }}
-    # A Vault token from an existing Secret, as a file (never an environment variable).
+    {{- $va := .Values.vaultAuth }}
+    {{- if include "rcs.vaultSecretAuth" . }}
+    {{- $secret := required (printf "vaultAuth.existingSecret.name is required for method %s" $va.method) $va.existingSecret.name }}
+    # The Vault credential from an existing Secret, as read-only files (never environment
+    # variables): a token (token), a secret ID (approle) or a TLS client cert and key (cert).
     - name: vault-token
       secret:
-        secretName: {{ required "vaultAuth.existingSecret.name is required for method token" .Values.vaultAuth.existingSecret.name }}
+        secretName: {{ $secret }}
         defaultMode: 0400
         items:
-          - key: {{ .Values.vaultAuth.existingSecret.key }}
-            path: token
+          {{- if eq $va.method "cert" }}
+          - key: {{ $va.existingSecret.certKey }}
+            path: client.crt
+          - key: {{ $va.existingSecret.keyKey }}
+            path: client.key
+          {{- else }}
+          - key: {{ $va.existingSecret.key }}
+            path: {{ ternary "token" "secret-id" (eq $va.method "token") }}
+          {{- end }}
     {{- else }}
     # Short-lived token for Vault's kubernetes/jwt auth, with the role's audience; kubelet
     # rotates it before expiry and the syncer re-reads it at every login.
@@ -113,9 +128,26 @@ spec:
       projected:
         sources:
           - serviceAccountToken:
-              audience: {{ .Values.vaultAuth.audience }}
-              expirationSeconds: {{ .Values.vaultAuth.tokenExpirationSeconds }}
+              audience: {{ $va.audience }}
+              expirationSeconds: {{ $va.tokenExpirationSeconds }}
               path: token
+    {{- end }}
+    {{- if include "rcs.vaultCA" . }}
+    # The CA bundle that verifies Vault's certificate ([vault] ca_cert).
+    - name: vault-ca
+      {{- if .Values.vaultCA.secretName }}
+      secret:
+        secretName: {{ .Values.vaultCA.secretName }}
+        items:
+          - key: {{ .Values.vaultCA.key }}
+            path: ca.crt
+      {{- else }}
+      configMap:
+        name: {{ .Values.vaultCA.configMapName }}
+        items:
+          - key: {{ .Values.vaultCA.key }}
+            path: ca.crt
+      {{- end }}
     {{- end }}
     # What automountServiceAccountToken would mount, made explicit: API token, CA, namespace.
     - name: kube-api-access
