@@ -390,21 +390,20 @@ class Syncer:
             return report
         if stop := self._stop_reason():
             return _skip(report, stop)
-        self._write(store, target, snapshot, store.serialize(merged), annotations, merged != current)
+        _write(store, target, snapshot, store.serialize(merged), annotations, merged != current)
         report.outcome = TargetOutcome.CREATED if snapshot is None else TargetOutcome.UPDATED
         report.writes += 0 if store.dry_run else 1
         log.info("%s", report.line())
         return report
 
-    @staticmethod
-    def _write(store: TargetStore[Any], target: TargetSettings, snapshot: Snapshot | None,
-               payload: bytes, annotations: Mapping[str, str], content_changed: bool) -> None:
-        """Update the target conditionally, or create it. What the write replaces is kept for
-        rollback, but not when only annotations change."""
-        if snapshot is None:
-            store.create(target, payload, annotations)
-        else:
-            store.update(snapshot, payload, annotations, snapshot.payload if content_changed else None)
+def _write(store: TargetStore[Any], target: TargetSettings, snapshot: Snapshot | None,
+           payload: bytes, annotations: Mapping[str, str], content_changed: bool) -> None:
+    """Update the target conditionally, or create it. What the write replaces is kept for
+    rollback, but not when only annotations change."""
+    if snapshot is None:
+        store.create(target, payload, annotations)
+    else:
+        store.update(snapshot, payload, annotations, snapshot.payload if content_changed else None)
 
 
 def _listed(listed: Listed) -> Snapshot | None:
