@@ -12,20 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from syncer import canary, dockerconfig
+from syncer import canary, dockerconfig, targets
 from syncer.canary import PullChecker
 from syncer.config import RegistrySettings, Settings, TargetSettings
 from syncer.credential import Credential
 from syncer.filetarget import FileStore
-from syncer.kube import TRANSPORT_ERRORS, Api, FanOut, KubeError, SecretStore, translate
+from syncer.kube import FanOut, SecretStore
+from syncer.kube_api import TRANSPORT_ERRORS, Api, translate
 from syncer.probe import Outcome, Prober
 from syncer.secretfiles import readable_by_others
-from syncer.sync import document
+from syncer.target_errors import TargetError
+from syncer.targets import TargetStores
 from syncer.text import escape, json_safe, safe, safe_list
 from syncer.vault import VaultError, VaultErrorKind, VaultSource
 
@@ -105,6 +106,13 @@ def config_failure(problems: list[str]) -> Report:
     return report
 
 
+MALFORMED_HINTS = {
+    "secret": 'fix or delete it: it must be of type kubernetes.io/dockerconfigjson and hold a '
+              '.dockerconfigjson JSON object with an "auths" object; the syncer never overwrites it',
+    "file": "fix the JSON by hand (it must be an object; \"auths\" must be an object)",
+}
+"""How to fix a malformed target, by what holds it."""
+
 PROBE_HINTS = {
     "tls": "trust the registry's CA with probe.ca_cert",
     "proxy": "check the proxy (probe.proxy or HTTPS_PROXY) allows CONNECT to the registry port, "
@@ -124,9 +132,8 @@ class Preflight:
         self.source = source
         self.api = api
         # dry_run=True: even a bug above cannot make a preflight write.
-        self.store = SecretStore(api, dry_run=True)
+        self.stores = TargetStores(SecretStore(api, dry_run=True), FileStore(dry_run=True))
         self.fanout = FanOut(api, dry_run=True)
-        self.files = FileStore(dry_run=True)
         self.prober = prober if settings.probe.enabled else None
         self.report = Report()
 
@@ -283,12 +290,11 @@ class Preflight:
                             "check kubernetes.kubeconfig / kubernetes.context and the network")
             return
         self.report.add("kubernetes.api", Status.OK, f"API server {info.get('gitVersion', '?')}")
-        for target in self.settings.targets:
-            if target.file:
-                continue
-            for concrete in self._expand(target):
+        secrets = [t for t in self.settings.targets if not t.file]
+        for target, expansion in targets.expand(secrets, self.fanout):
+            for concrete in self._namespaces(target, expansion):
                 self._rbac(concrete)
-                self._secret(concrete)
+                self._target(concrete)
         if self.settings.leader_election.enabled:
             le = self.settings.leader_election
             self._verbs(f"rbac lease {le.namespace}/{le.name}", [
@@ -296,17 +302,17 @@ class Preflight:
                 ("create", "coordination.k8s.io", "leases", le.namespace, ""),
                 ("patch", "coordination.k8s.io", "leases", le.namespace, le.name)])
 
-    def _expand(self, target: TargetSettings) -> list[TargetSettings]:
-        if not target.namespace_selector or target.namespace:
-            return [target]
+    def _namespaces(self, target: TargetSettings, expansion: targets.Expansion) -> list[TargetSettings]:
+        """The concrete targets of ``target``, with the checks of a selector's namespace LIST."""
         name = f"kubernetes.namespaces [{target.namespace_selector}]"
-        try:
-            names = self.fanout.namespaces(target.namespace_selector)
-        except KubeError as exc:
-            self.report.add(name, Status.FAIL, str(exc), "grant list on namespaces (cluster scope)")
+        if isinstance(expansion, TargetError):  # only a selector's LIST can fail
+            self.report.add(name, Status.FAIL, str(expansion), "grant list on namespaces (cluster scope)")
             return []
-        self.report.add(name, Status.OK if names else Status.WARN, f"{len(names)} namespaces match",
-                        "" if names else "no namespace carries the labels yet")
+        if not target.namespace_selector:
+            return expansion
+        self.report.add(name, Status.OK if expansion else Status.WARN,
+                        f"{len(expansion)} namespaces match",
+                        "" if expansion else "no namespace carries the labels yet")
         check = f"rbac list secrets named {target.name} (kubernetes.list_secrets)"
         if self.settings.kubernetes.list_secrets and check not in self.report.names():
             # the name goes into the review: RBAC binds a list to resourceNames only through
@@ -314,7 +320,7 @@ class Preflight:
             # a WARN, not a FAIL: without the grant the sync falls back to a GET per namespace
             self._verbs(check, [("list", "", "secrets", "", target.name)], denied=Status.WARN,
                         fallback="; until then each cycle falls back to one GET per namespace")
-        return [target.in_namespace(ns) for ns in names]
+        return expansion
 
     def _rbac(self, target: TargetSettings) -> None:
         ns, name = target.namespace, target.name
@@ -360,29 +366,24 @@ class Preflight:
         resp = json.loads(self.api.request("POST", path, body=body))
         return bool((resp.get("status") or {}).get("allowed"))
 
-    def _secret(self, target: TargetSettings) -> None:
-        self._target(f"target {target.ref}", target,
-                     lambda: self.store.read(target.namespace, target.name), "secret",
-                     'fix or delete it: it must be of type kubernetes.io/dockerconfigjson and hold a '
-                     '.dockerconfigjson JSON object with an "auths" object; the syncer never overwrites it')
-
     def _file_target(self, target: TargetSettings) -> None:
         directory = os.path.dirname(target.file)
         name = f"target {target.file}"
         if not os.path.exists(target.file) and target.create and not os.path.isdir(directory):
             self.report.add(name, Status.OK, f"absent; will be created with its directory {directory}")
             return
-        self._target(name, target, lambda: self.files.read(target.file), "file",
-                     "fix the JSON by hand (it must be an object; \"auths\" must be an object)")
+        self._target(target)
         if os.path.isdir(directory) and not os.access(directory, os.W_OK):
             self.report.add(f"{name} writable", Status.FAIL, f"cannot write to {directory}",
                             "run the syncer as the owner of the docker config directory")
 
-    def _target(self, name: str, target: TargetSettings, read: Callable[[], Any], what: str,
-                malformed_hint: str) -> None:
+    def _target(self, target: TargetSettings) -> None:
+        name = f"target {target.ref}"
+        store = self.stores.of(target)
+        what = store.what
         try:
-            snapshot = read()
-        except KubeError as exc:
+            snapshot = store.read_target(target)
+        except TargetError as exc:
             self.report.add(name, Status.FAIL, f"cannot read: {exc}", "see the rbac line above")
             return
         if snapshot is None:
@@ -393,9 +394,9 @@ class Preflight:
                                 "create it, or set create = true for this target")
             return
         try:
-            doc = document(snapshot)
+            doc = targets.document(snapshot)
         except dockerconfig.MalformedError as exc:
-            self.report.add(name, Status.FAIL, f"malformed: {exc}", malformed_hint)
+            self.report.add(name, Status.FAIL, f"malformed: {exc}", MALFORMED_HINTS[what])
             return
         hosts = sorted(doc["auths"])
         self.report.add(name, Status.OK, f"well formed, {len(hosts)} entries"

@@ -15,7 +15,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 
-from syncer import __version__, commands, config, kube, logs, vault
+from syncer import __version__, commands, config, kube, kube_api, logs, vault
 from syncer.commands import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from syncer.config import Settings
 from syncer.events import EventRecorder
@@ -74,7 +74,7 @@ class App:
 
     settings: Settings
     syncer: Syncer
-    api: kube.Api
+    api: kube_api.Api
     recorder: EventRecorder | None
     stop: threading.Event
     """Set on SIGTERM/SIGINT (or by the daemon's shutdown); the Syncer stops between writes."""
@@ -102,7 +102,7 @@ def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool, *, daem
     """
     stop = stop if stop is not None else threading.Event()
     api, source, prober = commands.build_clients(settings, env)
-    kube.size_connection_pool(api, settings.sync.concurrency)
+    kube_api.size_connection_pool(api, settings.sync.concurrency)
     store = kube.SecretStore(api, dry_run=dry_run)
     fanout = kube.FanOut(api, dry_run)
     recorder = (EventRecorder(api, settings.kubernetes, workers=settings.sync.concurrency)

@@ -16,14 +16,14 @@ from typing import Any, NamedTuple
 import yaml
 from kubernetes.config.config_exception import ConfigException
 
-from syncer import config, kube, logs, probe, show_image, transport, vault
+from syncer import config, kube, kube_api, logs, probe, show_image, transport, vault
 from syncer.check import Preflight, config_failure
 from syncer.config import Settings
 from syncer.filetarget import FileStore
 from syncer.history import rollback_file, rollback_secret
-from syncer.kube import KubeError
 from syncer.proxies import ProxyEnv, proxy_problem, with_scheme
 from syncer.show import Inspector, TargetView, render, to_json
+from syncer.target_errors import TargetError
 from syncer.text import json_safe, safe
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace, argv: Sequence[str], env: Mapping[str, str]) -
 class Clients(NamedTuple):
     """The clients built from validated settings."""
 
-    api: kube.Api
+    api: kube_api.Api
     source: vault.VaultSource
     prober: probe.Prober
 
@@ -102,7 +102,7 @@ def build_clients(settings: Settings, env: Mapping[str, str]) -> Clients:
     problems: list[str] = []
     api_client = vault_client = session = None
     try:
-        api_client = kube.make_api_client(settings.kubernetes, env)
+        api_client = kube_api.make_api_client(settings.kubernetes, env)
     except (ConfigException, OSError) as exc:
         problems.append(f"kubernetes.kubeconfig: cannot load Kubernetes config ({exc})")
     except yaml.YAMLError as exc:
@@ -122,7 +122,7 @@ def build_clients(settings: Settings, env: Mapping[str, str]) -> Clients:
     problems += _proxy_env_problems(proxy_env, settings)
     if problems or api_client is None or vault_client is None or session is None:
         raise config.ConfigError(problems)
-    return Clients(kube.Api(api_client, settings.kubernetes.timeout),
+    return Clients(kube_api.Api(api_client, settings.kubernetes.timeout),
                    vault.VaultSource(vault_client, settings.vault),
                    probe.Prober(session, settings.probe, proxy_env=proxy_env))
 
@@ -152,7 +152,7 @@ def _emit(report: Any, output: str) -> int:
 
 
 def _show(args: argparse.Namespace, settings: Settings, source: vault.VaultSource,
-          api: kube.Api) -> int:
+          api: kube_api.Api) -> int:
     inspector = Inspector(settings, source, kube.SecretStore(api, dry_run=True),
                           kube.FanOut(api, dry_run=True), FileStore(dry_run=True),
                           fingerprint=not args.no_fingerprint)
@@ -174,7 +174,7 @@ def _show_image(args: argparse.Namespace, views: list[TargetView]) -> int:
     return EXIT_OK if choices and all(c.status == "ok" for c in choices) else EXIT_FAILED
 
 
-def _rollback(args: argparse.Namespace, api: kube.Api) -> int:
+def _rollback(args: argparse.Namespace, api: kube_api.Api) -> int:
     dry_run = bool(getattr(args, "dry_run", False))
     try:
         if args.file:
@@ -182,7 +182,7 @@ def _rollback(args: argparse.Namespace, api: kube.Api) -> int:
         else:
             store = kube.SecretStore(api, dry_run=dry_run)
             result = rollback_secret(store, args.namespace, args.name, time.time)
-    except KubeError as exc:
+    except TargetError as exc:
         print(f"rollback: {safe(exc, 500)}", file=sys.stderr)
         return EXIT_FAILED
     if args.output == "json":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncer.config import KubernetesSettings
-from syncer.kube import JSON, MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
+from syncer.kube_api import JSON, MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
 from syncer.text import rfc3339, safe
 
 log = logging.getLogger(__name__)

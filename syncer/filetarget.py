@@ -15,7 +15,7 @@ target keeps in two hidden siblings, both mode 0600 and owned like the target:
 ``.NAME.previous`` (the content before the last write, for ``syncer rollback --file``).
 
 Optimistic concurrency: a snapshot carries a token (inode, mtime, size and a SHA-256 of the
-content); a write whose file no longer matches the token raises a CONFLICT KubeError and the
+content); a write whose file no longer matches the token raises a CONFLICT TargetError and the
 caller re-reads and re-merges, like after a 409 from the API server.
 """
 
@@ -27,11 +27,12 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from syncer import dockerconfig, safefs
-from syncer.kube import SECRET_TYPE, KubeError, KubeErrorKind
+from syncer.config import TargetSettings
+from syncer.target_errors import TargetError, TargetErrorKind
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,25 @@ class FileSnapshot:
     """Owner of the file (kept on every write)."""
     gid: int = -1
     """Group of the file (kept on every write)."""
-    type: str = SECRET_TYPE
-    """Always the dockerconfigjson shape, so the Secret code paths apply unchanged."""
 
     @property
     def ref(self) -> str:
         """The path, for logs and summaries."""
         return self.path
+
+    @property
+    def version(self) -> str:
+        """The concurrency token."""
+        return self.token
+
+    def document(self) -> dockerconfig.Document:
+        """The file as a document. Raises MalformedError."""
+        return parse(self.payload)
+
+    @staticmethod
+    def parse(content: bytes) -> dockerconfig.Document:
+        """A config.json (this or a kept previous one) as a document, by the rules of files."""
+        return parse(content)
 
 
 def parse(payload: bytes | None) -> dockerconfig.Document:
@@ -102,13 +115,13 @@ def _token(st: os.stat_result, content: bytes) -> str:
     return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}:{digest}"
 
 
-def _error(exc: OSError, path: str) -> KubeError:
+def _error(exc: OSError, path: str) -> TargetError:
     if isinstance(exc, safefs.UnsafeFileError):
-        kind = KubeErrorKind.TOO_LARGE if exc.kind == "too_large" else KubeErrorKind.WRONG_TYPE
-        return KubeError(kind, path, str(exc.strerror), what="file")
-    kind = {errno.EACCES: KubeErrorKind.FORBIDDEN, errno.EPERM: KubeErrorKind.FORBIDDEN,
-            errno.ENOENT: KubeErrorKind.NOT_FOUND}.get(exc.errno or 0, KubeErrorKind.IO_ERROR)
-    return KubeError(kind, path, f"{exc.strerror or type(exc).__name__}", what="file")
+        kind = TargetErrorKind.TOO_LARGE if exc.kind == "too_large" else TargetErrorKind.WRONG_TYPE
+        return TargetError(kind, path, str(exc.strerror), what="file")
+    kind = {errno.EACCES: TargetErrorKind.FORBIDDEN, errno.EPERM: TargetErrorKind.FORBIDDEN,
+            errno.ENOENT: TargetErrorKind.NOT_FOUND}.get(exc.errno or 0, TargetErrorKind.IO_ERROR)
+    return TargetError(kind, path, f"{exc.strerror or type(exc).__name__}", what="file")
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -137,10 +150,38 @@ def _read(dir_fd: int, base: str, path: str) -> _Found | None:
 
 
 class FileStore:
-    """Reads and atomically replaces docker config files. ``dry_run`` is honoured in ``write``."""
+    """Reads and atomically replaces docker config files (the ``targets.TargetStore`` of file
+    targets). ``dry_run`` is honoured in ``write``."""
+
+    what = "file"
+    """What a target of this store is called in reports."""
 
     def __init__(self, dry_run: bool = False) -> None:
         self.dry_run = dry_run
+
+    def read_target(self, target: TargetSettings) -> FileSnapshot | None:
+        """The target's file, or None when it does not exist."""
+        return self.read(target.file)
+
+    @staticmethod
+    def prefetch(targets: Sequence[TargetSettings]) -> dict[str, FileSnapshot | TargetError | None]:
+        """Nothing: files are read one by one (no LIST to save)."""
+        return {}
+
+    @staticmethod
+    def serialize(doc: dockerconfig.Document) -> bytes:
+        """The file's content for ``doc``."""
+        return serialize(doc)
+
+    def update(self, snapshot: FileSnapshot, payload: bytes, annotations: Mapping[str, str],
+               previous: bytes | None = None) -> None:
+        """Replace the file if it is still as ``snapshot`` saw it; ``annotations`` are set in the
+        sync state, the other keys there are kept (as a Secret's merge patch keeps them)."""
+        self.write(snapshot.path, snapshot, payload, {**snapshot.annotations, **annotations}, previous)
+
+    def create(self, target: TargetSettings, payload: bytes, annotations: Mapping[str, str]) -> None:
+        """Write the target's file, which must still not exist (and its directory if missing)."""
+        self.write(target.file, None, payload, annotations)
 
     def read(self, path: str) -> FileSnapshot | None:
         """The file, or None when it (or its directory) does not exist."""
@@ -194,8 +235,8 @@ class FileStore:
         found = safefs.read_regular(dir_fd, base, MAX_FILE_BYTES)
         now = None if found is None else _token(*found)
         if now != (snapshot.token if snapshot else None):
-            raise KubeError(KubeErrorKind.CONFLICT, path, "changed by someone else since it was read",
-                            what="file")
+            raise TargetError(TargetErrorKind.CONFLICT, path, "changed by someone else since it was read",
+                              what="file")
 
 
 def atomic_write(path: str, content: bytes, owner: tuple[int, int] = (-1, -1),

@@ -17,16 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncer import dockerconfig, filetarget
-from syncer.filetarget import FileSnapshot, FileStore
-from syncer.kube import KubeError, KubeErrorKind, SecretSnapshot, SecretStore
-from syncer.sync import LAST_WRITE, document
+from syncer import dockerconfig
+from syncer.config import TargetSettings
+from syncer.target_errors import TargetError, TargetErrorKind
+from syncer.targets import LAST_WRITE, ROLLED_BACK, TargetStore
 from syncer.text import rfc3339, safe
 
 log = logging.getLogger(__name__)
-
-ROLLED_BACK = "registry-syncer.io/rolled-back"
-"""Annotation with the time of the last rollback."""
 
 
 @dataclass
@@ -65,11 +62,12 @@ def differences(current: dockerconfig.Document, restored: dockerconfig.Document)
     return lines
 
 
-def rollback(snapshot: SecretSnapshot | FileSnapshot | None, ref: str,
-             write: Callable[[bytes, bytes, dict[str, str]], None], dry_run: bool,
+def rollback(store: TargetStore[Any], target: TargetSettings,
              clock: Callable[[], float]) -> RollbackResult:
-    """Swap the target's content with its kept previous content (one conditional write)."""
-    result = RollbackResult(ref, dry_run=dry_run)
+    """Swap the target's content with its kept previous content, in one write conditional on
+    the version read (a concurrent write makes it a CONFLICT)."""
+    snapshot = store.read_target(target)
+    result = RollbackResult(target.ref, dry_run=store.dry_run)
     if snapshot is None:
         result.message = "does not exist; nothing to roll back"
         return result
@@ -78,50 +76,36 @@ def rollback(snapshot: SecretSnapshot | FileSnapshot | None, ref: str,
                           "before each write that changes the content)")
         return result
     try:
-        current = document(snapshot)
+        current = snapshot.document()
         # Parsed by the rules of the target kind: a file kept before its first login had no "auths".
-        parse = filetarget.parse if isinstance(snapshot, FileSnapshot) else dockerconfig.parse
-        restored = parse(snapshot.previous)
+        restored = snapshot.parse(snapshot.previous)
     except dockerconfig.MalformedError as exc:
         result.message = f"refused: the content is malformed ({exc}); fix it by hand"
         return result
     result.changed = differences(current, restored)
     stamp = rfc3339(clock())
-    if dry_run:
+    if store.dry_run:
         result.ok, result.message = True, "would restore the previous content (dry-run; nothing written)"
         return result
     try:
-        write(snapshot.previous, snapshot.payload, {LAST_WRITE: stamp, ROLLED_BACK: stamp})
-    except KubeError as exc:
+        store.update(snapshot, snapshot.previous, {LAST_WRITE: stamp, ROLLED_BACK: stamp}, snapshot.payload)
+    except TargetError as exc:
         result.message = f"not rolled back: {exc}" + (
-            "; re-run to roll back the current state" if exc.kind is KubeErrorKind.CONFLICT else "")
+            "; re-run to roll back the current state" if exc.kind is TargetErrorKind.CONFLICT else "")
         return result
-    log.info("rolled back %s (%d changes)", ref, len(result.changed))
+    log.info("rolled back %s (%d changes)", target.ref, len(result.changed))
     result.ok = True
     result.message = ("restored the previous content; the replaced content is kept, so a second "
                       "rollback undoes this one")
     return result
 
 
-def rollback_secret(store: SecretStore, namespace: str, name: str,
+def rollback_secret(store: TargetStore[Any], namespace: str, name: str,
                     clock: Callable[[], float]) -> RollbackResult:
     """Roll back a Secret target (resourceVersion precondition: a concurrent write gives 409)."""
-    snapshot = store.read(namespace, name)
-
-    def write(payload: bytes, previous: bytes, annotations: dict[str, str]) -> None:
-        assert isinstance(snapshot, SecretSnapshot)
-        store.update(snapshot, payload, annotations, previous)
-
-    return rollback(snapshot, f"{namespace}/{name}", write, store.dry_run, clock)
+    return rollback(store, TargetSettings(namespace=namespace, name=name), clock)
 
 
-def rollback_file(files: FileStore, path: str, clock: Callable[[], float]) -> RollbackResult:
+def rollback_file(files: TargetStore[Any], path: str, clock: Callable[[], float]) -> RollbackResult:
     """Roll back a file target (content-token precondition)."""
-    snapshot = files.read(path)
-
-    def write(payload: bytes, previous: bytes, annotations: dict[str, str]) -> None:
-        assert isinstance(snapshot, FileSnapshot)
-        state: dict[str, Any] = {**snapshot.annotations, **annotations}
-        files.write(path, snapshot, payload, state, previous)
-
-    return rollback(snapshot, path, write, files.dry_run, clock)
+    return rollback(files, TargetSettings(namespace="", name="", file=path), clock)

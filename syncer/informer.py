@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from syncer.config import TargetSettings
-from syncer.kube import Api
+from syncer.kube_api import Api
 from syncer.kube_watch import JSON, Reflector, WatchMode, WatchObserver, WatchSpec
 
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""List-then-watch of one Kubernetes collection (client-go's "reflector"), over ``kube.Api``.
+"""List-then-watch of one Kubernetes collection (client-go's "reflector"), over ``kube_api.Api``.
 
 ``Reflector(api, spec, handler)`` runs on its own thread (``start()``) and keeps ``handler`` told:
 
@@ -44,7 +44,7 @@ from typing import Any, Protocol
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from syncer.kube import TRANSPORT_ERRORS, Api, api_path, reload_token, translate
+from syncer.kube_api import TRANSPORT_ERRORS, Api, api_path, reload_token, translate
 
 log = logging.getLogger(__name__)
 

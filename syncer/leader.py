@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from syncer.config import LeaderElectionSettings
-from syncer.kube import MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
+from syncer.kube_api import MERGE_PATCH, TRANSPORT_ERRORS, Api, api_path, translate
 from syncer.text import rfc3339_micro
 
 log = logging.getLogger(__name__)

@@ -148,9 +148,9 @@ class Metrics:
             if target.namespace_selector:
                 continue  # fan-out: series appear with their namespaces, in observe()
             for metric in (self.writes, self.conflicts, self.secret_success):
-                metric.labels(target.namespace, target.name or target.file)
+                metric.labels(*target_labels(target))
             for host in settings.hosts_for(target):
-                self.drift.labels(target.namespace, target.name or target.file, host)
+                self.drift.labels(*target_labels(target), host)
 
     def observe(self, summary: Summary) -> None:
         """Record one cycle."""
@@ -170,7 +170,7 @@ class Metrics:
                     self.errors.labels("kubernetes").inc()
                 seen.pop(key, None)  # the namespaces are unknown: keep last cycle's series
                 continue
-            labels = (target.target.namespace, target.target.name or target.target.file)
+            labels = target_labels(target.target)
             if key in seen:
                 seen[key].add(labels)
             self._observe_target(target, labels, summary.dry_run)
@@ -275,6 +275,11 @@ class Metrics:
     def set_token_ttl(self, ttl: float | None) -> None:
         """Remaining Vault token TTL, -1 when unknown."""
         self.token_ttl.set(-1 if ttl is None else ttl)
+
+
+def target_labels(target: TargetSettings) -> tuple[str, str]:
+    """The ``TARGET_LABELS`` values of a concrete target."""
+    return (target.namespace, target.name or target.file)
 
 
 def _fanout_key(target: TargetSettings) -> tuple[str, str]:

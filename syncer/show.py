@@ -13,13 +13,14 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from syncer import dockerconfig, drift
+from syncer import dockerconfig, drift, targets
 from syncer.config import Settings, TargetSettings
 from syncer.credential import Credential
 from syncer.filetarget import FileStore
-from syncer.kube import FanOut, KubeError, SecretStore
+from syncer.kube import FanOut, SecretStore
 from syncer.report import DETAIL_LIMIT
-from syncer.sync import LAST_WRITE, MANAGED_HOSTS, document
+from syncer.target_errors import TargetError
+from syncer.targets import LAST_WRITE, MANAGED_HOSTS, TargetStores
 from syncer.text import json_safe, safe, safe_list
 from syncer.vault import VaultError, VaultSource
 
@@ -81,9 +82,8 @@ class Inspector:
                  files: FileStore, fingerprint: bool = True) -> None:
         self.settings = settings
         self.source = source
-        self.store = store
+        self.stores = TargetStores(store, files)
         self.fanout = fanout
-        self.files = files
         self.fingerprint = fingerprint
         self._vault: dict[str, Credential | str] | None = None
 
@@ -94,42 +94,30 @@ class Inspector:
             found = [t for t in self.settings.targets if t.file == file]
             return found or [TargetSettings(namespace="", name="", file=file)]
         chosen: list[TargetSettings] = []
-        for target in self.settings.targets:
-            if target.file:
-                if not namespace and not name:
-                    chosen.append(target)
+        for target, expansion in targets.expand(self.settings.targets, self.fanout):
+            if isinstance(expansion, TargetError):
+                log.error("cannot list namespaces for %r: %s", target.namespace_selector, expansion)
                 continue
-            for concrete in self._expand(target):
-                if (namespace in ("", concrete.namespace)) and (name in ("", concrete.name)):
-                    chosen.append(concrete)
+            # a file target has no namespace or name: shown only when neither is asked for
+            chosen += [t for t in expansion if namespace in ("", t.namespace) and name in ("", t.name)]
         if not chosen and namespace and name:
             chosen.append(TargetSettings(namespace=namespace, name=name))
         return chosen
 
-    def _expand(self, target: TargetSettings) -> list[TargetSettings]:
-        if not target.namespace_selector or target.namespace:
-            return [target]
-        try:
-            names = self.fanout.namespaces(target.namespace_selector)
-        except KubeError as exc:
-            log.error("cannot list namespaces for %r: %s", target.namespace_selector, exc)
-            return []
-        return [target.in_namespace(ns) for ns in names]
-
     def view(self, target: TargetSettings) -> TargetView:
         """Read one target and describe it."""
-        view = TargetView(target.ref, "file" if target.file else "secret")
+        store = self.stores.of(target)
+        view = TargetView(target.ref, store.what)
         try:
-            snapshot = self.files.read(target.file) if target.file else self.store.read(
-                target.namespace, target.name)
-        except KubeError as exc:
+            snapshot = store.read_target(target)
+        except TargetError as exc:
             view.status, view.detail = "error", str(exc)
             return view
         if snapshot is None:
             view.status, view.detail = "missing", f"{view.kind} does not exist"
             return view
         try:
-            doc = document(snapshot)
+            doc = targets.document(snapshot)
         except dockerconfig.MalformedError as exc:
             view.status, view.detail = "malformed", str(exc)
             return view

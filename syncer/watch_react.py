@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from syncer.config import TargetSettings
 from syncer.scope import TargetKey
-from syncer.sync import LAST_WRITE
+from syncer.targets import LAST_WRITE
 
 JSON = dict[str, Any]
 

@@ -188,7 +188,7 @@ def test_generated_api_classes_are_never_imported(world: World, logins: list[Log
                                                   vault_proxy: CountingProxy) -> None:
     """The pydantic-validated generated classes (CoreV1Api and its models) cost ~21 MB of RSS on
     import, a quarter of the idle budget (docs/scaling.md). A sync, a preflight and a show in one
-    process must load none of them: kube.Api speaks JSON over the ApiClient's transport."""
+    process must load none of them: kube_api.Api speaks JSON over the ApiClient's transport."""
     cfg = str(config(world, logins, vault_proxy))
     runs = [["--config", cfg, "--once"], ["check", "--config", cfg], ["show", "--config", cfg]]
     proc = subprocess.run([sys.executable, "-c", FOOTPRINT, json.dumps(runs)], capture_output=True,

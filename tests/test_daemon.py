@@ -392,7 +392,7 @@ def test_repeats_in_one_batch_aggregate_in_order(world: World, kube_admin_kubeco
     one create, then count bumps; other keys are created alongside."""
     from syncer.config import KubernetesSettings
     from syncer.events import EventRecorder, EventSpec
-    from syncer.kube import Api
+    from syncer.kube_api import Api
     from tests.support.kube_fixtures import kube_client
 
     recorder = EventRecorder(Api(kube_client(kube_admin_kubeconfig), timeout=5), KubernetesSettings(),

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from syncer import config as config_mod
 from syncer.cli import build_app
 from syncer.metrics import Metrics
-from syncer.sync import MANAGED_HOSTS, VAULT_VERSIONS
+from syncer.targets import MANAGED_HOSTS, VAULT_VERSIONS
 from tests.support.operator import NAME, NS, QUAY, domino_secret
 from tests.support.world import World, metric_value, sentinel
 

@@ -8,7 +8,7 @@ import pytest
 
 from syncer.config import KubernetesSettings, TargetSettings
 from syncer.events import MESSAGE_LIMIT, EventRecorder, EventSpec, event_message
-from syncer.kube import Api
+from syncer.kube_api import Api
 from syncer.report import Summary, TargetOutcome, TargetReport, events_for
 from tests.support.kube_fixtures import kube_client
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from syncer.filetarget import FileStore, sidecar
-from syncer.kube import KubeError, KubeErrorKind
+from syncer.target_errors import TargetError, TargetErrorKind
 from tests.support.operator import run_cmd
 from tests.support.world import World, sentinel
 
@@ -89,9 +89,9 @@ def test_concurrent_edit_is_a_conflict_and_is_kept(world: World, ngc: dict[str, 
     store = FileStore()
     snapshot = store.read(str(path))
     path.write_text(json.dumps({"auths": {"theirs.io": {"auth": "eDp5"}}}))
-    with pytest.raises(KubeError) as info:
+    with pytest.raises(TargetError) as info:
         store.write(str(path), snapshot, b'{"auths": {}}\n', {})
-    assert info.value.kind is KubeErrorKind.CONFLICT
+    assert info.value.kind is TargetErrorKind.CONFLICT
     assert "theirs.io" in path.read_text()
     # through the syncer: their entry survives, ours is merged after a re-read
     result = world.run(world.config([ngc], [{"file": str(path)}]))

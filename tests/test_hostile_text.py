@@ -26,7 +26,7 @@ from syncer.report import (
     TargetOutcome,
     TargetReport,
 )
-from syncer.sync import MANAGED_HOSTS
+from syncer.targets import MANAGED_HOSTS
 from tests.support.operator import run_cmd
 from tests.support.registry import Reply
 from tests.support.world import World, sentinel

@@ -24,8 +24,8 @@ import pytest
 from syncer import config as config_mod
 from syncer.cli import build_app, main
 from syncer.credential import Credential, VersionedCredential
-from syncer.kube import SecretStore, TokenFile
-from syncer.sync import Login
+from syncer.kube import SecretStore
+from syncer.kube_api import TokenFile
 from syncer.vault import VaultError, VaultSource, make_client
 from tests.support.net import free_port
 from tests.support.scenario import make_world
@@ -192,7 +192,7 @@ def test_reprs_and_exception_messages_redact(world: World, scenario: dict[str, A
         credential = Credential("robot$ci", password)
         objects: list[object] = [
             settings, settings.vault, settings.vault.auth, credential, VersionedCredential(credential, 3),
-            Login(settings.registries[0], credential, 3), summary, summary.registries,
+            summary, summary.registries,
             summary.targets, app.syncer.vault, app.syncer.store, app.syncer.prober,
             app.syncer.store.read(NS, NAME), TokenFile(str(world.token_file)),
         ]

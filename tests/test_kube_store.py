@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import trustme
 
-from syncer.kube import Api, FanOut, KubeError, KubeErrorKind, SecretStore
+from syncer.kube import FanOut, SecretStore
+from syncer.kube_api import Api, KubeError
+from syncer.target_errors import TargetErrorKind
 from tests.support.kube_fixtures import ADMIN_TOKEN, kube_client
 from tests.support.kubeapi import KubeAPIServer
 from tests.support.registry import Incoming, Reply
@@ -36,7 +38,7 @@ def test_a_200_that_is_not_a_json_object_is_a_clear_error(
     store = SecretStore(Api(kube_client(kubeconfig_for(server.url, ca, tmp_path / "kc")), timeout=5))
     with pytest.raises(KubeError) as info:
         store.read("ns", "pull")
-    assert info.value.kind is KubeErrorKind.SERVER
+    assert info.value.kind is TargetErrorKind.SERVER
     assert "secret ns/pull" in str(info.value) and "login page" not in str(info.value)
 
 
@@ -73,7 +75,7 @@ def test_list_named_follows_pages_and_keeps_only_the_named_secret(
     assert set(found) == {"a", "b"}
     snapshot = found["a"]
     assert not isinstance(snapshot, KubeError) and snapshot.payload == b'{"auths":{}}'
-    assert isinstance(found["b"], KubeError) and found["b"].kind is KubeErrorKind.INVALID
+    assert isinstance(found["b"], KubeError) and found["b"].kind is TargetErrorKind.INVALID
 
 
 def test_list_named_stops_on_a_repeated_continue_token(
@@ -82,7 +84,7 @@ def test_list_named_stops_on_a_repeated_continue_token(
     store, seen = list_store(ca, tmp_path, registry_fake_server, pages)
     with pytest.raises(KubeError) as info:
         store.list_named("pull")
-    assert info.value.kind is KubeErrorKind.SERVER and "repeated a continue token" in str(info.value)
+    assert info.value.kind is TargetErrorKind.SERVER and "repeated a continue token" in str(info.value)
     assert len(seen) == 2
 
 
@@ -134,7 +136,7 @@ def test_list_named_restarts_once_after_410_then_gives_up(kube: KubeAPIServer, t
     kube.before(continued, write_then_compact, times=2)
     with pytest.raises(KubeError) as info:
         store.list_named("pull")
-    assert info.value.kind is KubeErrorKind.EXPIRED and "HTTP 410 Expired" in str(info.value)
+    assert info.value.kind is TargetErrorKind.EXPIRED and "HTTP 410 Expired" in str(info.value)
 
 
 def test_namespace_list_is_paged(kube: KubeAPIServer, tmp_path: Path) -> None:

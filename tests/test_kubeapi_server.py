@@ -804,7 +804,7 @@ def test_discovery_and_version(kube: KubeAPIServer, api: client.ApiClient, ca_fi
 def test_server_in_its_own_process(ca: trustme.CA, tmp_path: Path) -> None:
     """The benchmark runs the server out of process (tests/support/kubeproc.py): setup and
     counting calls are forwarded over a pipe, and requests are served by the child."""
-    from syncer.kube import Api, api_path
+    from syncer.kube_api import Api, api_path
     from tests.support.kubeproc import KubeAPIProcess
 
     kube = KubeAPIProcess(ca, latency=0.0)

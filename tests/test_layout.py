@@ -24,6 +24,7 @@ COVERED_BY = {
     "vault_token": "test_vault",
     "vault_login": "test_vault_methods",
     "kube": "test_kube_store",
+    "kube_api": "test_kube_store",
     "transport": "test_probe",
     "proxies": "test_proxy",
     "informer": "test_kube_watch",

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from syncer.config import LeaderElectionSettings
-from syncer.kube import Api
+from syncer.kube_api import Api
 from syncer.leader import LeaseElector
 from tests.support.kube_fixtures import ADMIN_TOKEN, kube_client
 

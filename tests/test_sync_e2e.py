@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from syncer.sync import MANAGED_HOSTS
+from syncer.targets import MANAGED_HOSTS
 from tests.support.world import DOCKERCONFIG, World, sentinel
 
 NS = "domino-compute"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from syncer.informer import Informer, slim_namespace, slim_secret
-from syncer.kube import Api
+from syncer.kube_api import Api
 from syncer.kube_watch import WatchMode, WatchSpec
 from tests.support.kube_fixtures import ADMIN_TOKEN, kube_client
 from tests.support.kubeapi import KubeAPIServer, RequestRecord
