@@ -266,9 +266,6 @@ class Preflight:
             shown = f"{self.settings.vault.kv_mount}/{registry.path}"
             if result.outcome is Outcome.OK:
                 self.report.add(name, Status.OK, f"login verified as {safe(credential.username)}")
-                checks = PullChecker(self.prober).check(registry.host, credential, registry.verify_images)
-                for status, check, reason, hint in canary.preflight(registry.host, checks):
-                    self.report.add(check, Status(status), reason, hint)
             elif result.outcome is Outcome.UNVERIFIED:
                 self.report.add(name, Status.WARN, result.detail,
                                 "the registry allows anonymous access, so no login can be proven")
@@ -279,6 +276,11 @@ class Preflight:
             else:
                 self.report.add(name, Status.FAIL, result.detail,
                                 PROBE_HINTS.get(result.reason, "see the reason; retry later if transient"))
+            if result.outcome in (Outcome.OK, Outcome.UNVERIFIED):
+                checks = PullChecker(self.prober).check(registry.host, credential, registry.verify_images,
+                                                        challenge=result.challenge)
+                for status, check, reason, hint in canary.preflight(registry.host, checks):
+                    self.report.add(check, Status(status), reason, hint)
 
     # ------------------------------------------------------------------ kubernetes
 

@@ -306,6 +306,9 @@ class Syncer:
             report.outcome, report.reason = RegistryOutcome.UNVERIFIED, "unverified"
             report.detail = "registry accepts anonymous access; credentials could not be verified"
             log.warning("registry %s: %s", host, report.detail)
+            if record_pulls(report, report.pulls):  # manifests refuse it although /v2/ is open
+                log.error("registry %s: %s", host, safe(report.detail, DETAIL_LIMIT))
+                return self.settings.probe.verify_before_write
         elif result.outcome is Outcome.REJECTED:
             _fail(report, "probe", "rejected", f"registry rejected the credentials from Vault "
                   f"({result.detail}); old entries kept")
@@ -327,9 +330,11 @@ class Syncer:
     def _verify(self, prober: Prober, host: str, credential: Credential) -> Verified:
         """The login probe and, once the login is proven, the canary pull checks."""
         result = prober.probe(host, credential, self.should_stop)
-        if result.outcome is not Outcome.OK or self.pulls is None:
+        # An open registry (unverified login) still tells a stale canary from a public one.
+        if result.outcome not in (Outcome.OK, Outcome.UNVERIFIED) or self.pulls is None:
             return result, ()
-        return result, self.pulls.check(host, credential, self._images.get(host, ()), self.should_stop)
+        return result, self.pulls.check(host, credential, self._images.get(host, ()), self.should_stop,
+                                        result.challenge)
 
     # ------------------------------------------------------------------ targets
 
