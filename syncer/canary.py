@@ -239,7 +239,8 @@ _PREFLIGHT = {
                               "canary the workloads pull; if every canary is denied the credential "
                               "is not written"),
     PullOutcome.NOT_FOUND: ("WARN", "the canary is stale: update verify_images (a digest does not move)"),
-    PullOutcome.UNVERIFIED: ("WARN", "public repository: pick a canary from a private repository"),
+    PullOutcome.UNVERIFIED: ("WARN", "anyone may pull it (a public repository, or a registry without "
+                             "auth): pick a canary from a private repository"),
     PullOutcome.ERROR: ("FAIL", "see the reason; retry later if transient"),
 }
 
