@@ -193,9 +193,9 @@ class Metrics:
         for reg in summary.registries:
             self._observe_registry(reg)
         for target in summary.targets:
-            if not (target.target.namespace or target.target.file):
+            if not target.target.concrete:
                 continue  # a selector whose namespaces could not be listed
-            labels = (target.target.namespace, target.target.name or target.target.file)
+            labels = target_labels(target.target)
             if (key := _fanout_key(target.target)) in self._hosts:
                 self._fanout.setdefault(key, set()).add(labels)
             self._observe_target(target, labels, summary.dry_run)

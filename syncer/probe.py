@@ -98,11 +98,6 @@ class ProbeResult:
     duration: float
     """Seconds the probe took, including retry back-off."""
 
-    @property
-    def indeterminate(self) -> bool:
-        """True when the probe could not decide (ERROR): the login is neither proven nor refuted."""
-        return self.outcome is Outcome.ERROR
-
 
 class InsecureRegistryError(ValueError):
     """The auths key names a plain-HTTP registry; credentials are never sent over HTTP."""
