@@ -110,3 +110,10 @@ def test_modules_classes_and_functions_stay_under_the_size_limits() -> None:
     assert any(u.name == "metrics.Metrics.__init__" for u in units), "functions are measured"
     over = [f"{u.kind} {u.name}: {u.lines} lines" for u in sizes.over_limits(units)]
     assert not over, f"over the size limits (see scripts/sizes.py): {over}"
+
+
+def test_architecture_doc_links_point_at_modules_that_exist() -> None:
+    """docs/architecture.md links modules by path; a rename must update it."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\(\.\./syncer/([a-z_]+)\.py\)", text))
+    assert linked and linked <= modules(), f"no such module: {sorted(linked - modules())}"
