@@ -143,11 +143,11 @@ class Preflight:
         self.report.add("config", Status.OK, f"{len(s.registries)} registries, {len(s.targets)} targets")
         logins = self._vault()
         self._registries(logins)
-        if any(not t.file for t in s.targets) or s.leader_election.enabled:
-            self._kubernetes()
-        for target in s.targets:
-            if target.file:
-                self._file_target(target)
+        secrets, files = self.stores.split(s.targets)
+        if secrets or s.leader_election.enabled:
+            self._kubernetes(secrets)
+        for target in files:
+            self._file_target(target)
         return self.report
 
     # ------------------------------------------------------------------ vault
@@ -284,7 +284,7 @@ class Preflight:
 
     # ------------------------------------------------------------------ kubernetes
 
-    def _kubernetes(self) -> None:
+    def _kubernetes(self, secrets: list[TargetSettings]) -> None:
         try:
             info = self.api.get("/version")
         except TRANSPORT_ERRORS as exc:
@@ -292,7 +292,6 @@ class Preflight:
                             "check kubernetes.kubeconfig / kubernetes.context and the network")
             return
         self.report.add("kubernetes.api", Status.OK, f"API server {info.get('gitVersion', '?')}")
-        secrets = [t for t in self.settings.targets if not t.file]
         for target, expansion in targets.expand(secrets, self.fanout):
             for concrete in self._namespaces(target, expansion):
                 self._rbac(concrete)

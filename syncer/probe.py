@@ -102,11 +102,6 @@ class ProbeResult:
     the canary pull checks reuse it, as docker's challenge manager reuses the ping's for every
     repository of the host, so no per-image anonymous request is needed to learn it."""
 
-    @property
-    def indeterminate(self) -> bool:
-        """True when the probe could not decide (ERROR): the login is neither proven nor refuted."""
-        return self.outcome is Outcome.ERROR
-
 
 class InsecureRegistryError(ValueError):
     """The auths key names a plain-HTTP registry; credentials are never sent over HTTP."""
