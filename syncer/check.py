@@ -295,6 +295,8 @@ class Preflight:
             for concrete in self._namespaces(target, expansion):
                 self._rbac(concrete)
                 self._target(concrete)
+        for target in secrets:
+            self._watch_mode(target)
         if self.settings.leader_election.enabled:
             le = self.settings.leader_election
             self._verbs(f"rbac lease {le.namespace}/{le.name}", [
@@ -321,6 +323,34 @@ class Preflight:
             self._verbs(check, [("list", "", "secrets", "", target.name)], denied=Status.WARN,
                         fallback="; until then each cycle falls back to one GET per namespace")
         return expansion
+
+    def _watch_mode(self, target: TargetSettings) -> None:
+        """``target.watch NS/NAME``: whether the daemon will watch the target or poll it, by a
+        SelfSubjectAccessReview for list and watch with the name (the watch's fieldSelector),
+        and for a selector the namespaces' list and watch."""
+        ns = "" if target.namespace_selector else target.namespace
+        name = f"target.watch {ns or '*'}/{target.name}"
+        if name in self.report.names():
+            return
+        if not self.settings.kubernetes.watch:
+            self.report.add(name, Status.OK, "poll (kubernetes.watch = false)")
+            return
+        wanted = [(v, "", "secrets", ns, target.name) for v in ("list", "watch")]
+        if target.namespace_selector:
+            wanted += [(v, "", "namespaces", "", "") for v in ("list", "watch")]
+        try:
+            refused = [w for w in wanted if not self._allowed(*w)]
+        except TRANSPORT_ERRORS as exc:
+            self.report.add(name, Status.WARN, f"unknown (SelfSubjectAccessReview failed: "
+                            f"{translate(exc, name, 'review')})")
+            return
+        if not refused:
+            self.report.add(name, Status.OK, "watch")
+            return
+        what = ", ".join(f"{v} {r}{'/' + o if o else ''}" for v, _, r, _, o in refused)
+        self.report.add(name, Status.WARN, f"poll (denied: {what})",
+                        "grant list and watch next to get with the same resourceNames; until then "
+                        "the daemon reads this target each cycle and repairs it only then")
 
     def _rbac(self, target: TargetSettings) -> None:
         ns, name = target.namespace, target.name

@@ -121,12 +121,17 @@ def needed_rules(settings: config_mod.Settings, kind: str) -> set[tuple[str, str
         for verb in verbs:
             names.setdefault((ns, group, resource, verb), set()).add(name)
 
+    watch = settings.kubernetes.watch and kind == "Deployment"  # a CronJob runs --once: no watches
     for t in settings.targets:
         if t.file:
             continue
         ns = t.namespace or "*"
         bind(ns, "secrets", ("get", "patch") + (("list",) if ns == "*" and settings.kubernetes.list_secrets
                                                 else ()), t.name)
+        if watch:  # list-then-watch, name-bound by the fieldSelector
+            bind(ns, "secrets", ("list", "watch"), t.name)
+            if ns == "*":
+                unbound.add(("*", "", "namespaces", "watch"))
         for account in t.service_accounts:
             bind(ns, "serviceaccounts", ("get", "patch"), account)
         if t.create:

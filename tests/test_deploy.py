@@ -279,10 +279,13 @@ def test_rbac_grants_exactly_what_the_config_needs(name: str) -> None:
     workload = workload_of(objects)
     want: set[tuple[str, str, str, str]] = set()
     names: dict[tuple[str, str, str], set[str]] = {}
+    # The Deployment's informers list and watch each target by name; a CronJob (--once) never does.
+    bound = ("get", "patch", *(("list", "watch") if settings.kubernetes.watch
+                               and workload["kind"] == "Deployment" else ()))
     for target in settings.targets:
-        want |= {(target.namespace, "", "secrets", "get"), (target.namespace, "", "secrets", "patch")}
-        names.setdefault((target.namespace, "secrets", "get"), set()).add(target.name)
-        names.setdefault((target.namespace, "secrets", "patch"), set()).add(target.name)
+        for verb in bound:
+            want.add((target.namespace, "", "secrets", verb))
+            names.setdefault((target.namespace, "secrets", verb), set()).add(target.name)
         if target.create:
             want.add((target.namespace, "", "secrets", "create"))
         if settings.kubernetes.events:
@@ -352,6 +355,9 @@ def test_fanout_cluster_role_is_limited_to_the_fanout_names() -> None:
             ("secrets", "get"): {t.name for t in fanout}, ("secrets", "patch"): {t.name for t in fanout}}
     if settings.kubernetes.list_secrets:  # RBAC binds a list to names via fieldSelector=metadata.name
         want[("secrets", "list")] = {t.name for t in fanout}
+    if settings.kubernetes.watch:  # the informers: one list-then-watch per name, one per selector
+        want |= {("secrets", "list"): {t.name for t in fanout}, ("secrets", "watch"): {t.name for t in fanout},
+                 ("namespaces", "watch"): set()}
     if any(t.create for t in fanout):
         want[("secrets", "create")] = set()
     if accounts:
@@ -755,6 +761,9 @@ def running_daemon(domino_world: dict[str, Any]) -> Iterator[tuple[dict[str, Any
     settings = config_mod.load(write_config(world, data), domino_world["env"])
     app = build_app(settings, domino_world["env"], dry_run=False, daemon=True)
     daemon, registry = make_daemon(app)
+    # Reads come from the watches' cache; one 409 makes the daemon re-read with the granted GET.
+    world.kube.add_fault(lambda r: r.verb == "patch" and r.resource == "secrets", status=409,
+                         reason="Conflict")
     server = make_server("127.0.0.1", 0, registry, daemon.health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     daemon.start()
@@ -775,7 +784,10 @@ def test_daemon_uses_every_granted_verb_and_no_other(running_daemon: tuple[dict[
     def used() -> set[tuple[str, str, str, str]]:
         return {(r.namespace, r.api_group, r.resource, r.verb) for r in syncer_requests(kube)}
 
-    wait(lambda: used() >= want, timeout=15, what="the daemon to use every granted verb")
+    try:
+        wait(lambda: used() >= want, timeout=15, what="the daemon to use every granted verb")
+    except AssertionError:
+        raise AssertionError(f"never used: {sorted(want - used())}") from None
     assert used() == want
     assert [r for r in syncer_requests(kube) if r.status == 403] == []
     doc = world.secret_doc(DOMINO_NS, DOMINO_SECRET)
