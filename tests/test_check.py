@@ -182,7 +182,8 @@ def test_watch_mode_per_target_from_access_reviews(world: World, ngc: dict[str, 
     named = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"],
              "resourceNames": [NAME], "namespaces": [NS]}
     rules = [*SECRET_RULES, named,
-             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"], "resourceNames": ["fan"]},
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
+              "resourceNames": ["fan"]},
              {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]}]
     world.kube.set_rules(SYNCER_TOKEN, rules)
     config = world.config([ngc], targets, kubernetes={"list_secrets": False})
@@ -193,7 +194,7 @@ def test_watch_mode_per_target_from_access_reviews(world: World, ngc: dict[str, 
     fan = checks["target.watch */fan"]
     assert fan["status"] == "WARN"
     assert fan["reason"] == "poll (denied: list secrets/fan, watch secrets/fan, watch namespaces)"
-    assert f"WARN  target.watch */fan: poll (denied:" in result.out
+    assert "WARN  target.watch */fan: poll (denied:" in result.out
     off = world.config([ngc], targets, kubernetes={"list_secrets": False, "watch": False})
     _, checks = checked(world, off)
     assert checks[f"target.watch {NS}/{NAME}"]["reason"] == "poll (kubernetes.watch = false)"

@@ -356,8 +356,8 @@ def test_fanout_cluster_role_is_limited_to_the_fanout_names() -> None:
     if settings.kubernetes.list_secrets:  # RBAC binds a list to names via fieldSelector=metadata.name
         want[("secrets", "list")] = {t.name for t in fanout}
     if settings.kubernetes.watch:  # the informers: one list-then-watch per name, one per selector
-        want |= {("secrets", "list"): {t.name for t in fanout}, ("secrets", "watch"): {t.name for t in fanout},
-                 ("namespaces", "watch"): set()}
+        names = {t.name for t in fanout}
+        want |= {("secrets", "list"): names, ("secrets", "watch"): names, ("namespaces", "watch"): set()}
     if any(t.create for t in fanout):
         want[("secrets", "create")] = set()
     if accounts:
