@@ -62,7 +62,8 @@ CONFIG_KEY = "config.toml"
 DOMINO_NS, DOMINO_SECRET = "domino-compute", "domino-quay-repos"
 ALERTS = ("RegistryCredentialSyncFailing", "RegistryLoginRejected", "RegistryCanaryPullDenied",
           "RegistryCredentialSyncStale",
-          "RegistryCredentialSyncerDown", "VaultTokenExpiringSoon", "RegistryCredentialPropagationSlow")
+          "RegistryCredentialSyncerDown", "VaultTokenExpiringSoon", "RegistryCredentialPropagationSlow",
+          "RegistryCredentialWatchFailing")
 #: Series Prometheus itself adds to every scrape target; not exported by the syncer.
 PROMETHEUS_SYNTHETIC = {"up"}
 
@@ -968,6 +969,20 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
         for le in ("2", "60", "300", "+Inf")]],
      [quiet("RegistryCredentialPropagationSlow", "5m"),
       fires("RegistryCredentialPropagationSlow", "20m")]),
+    ("watches: a polling pod fires after 15m, one restarting every minute (stalled) too; normal "
+     "ends (closed) and a brief fallback never do",
+     [series("syncer_watches", "1x40", pod="polling", resource="secrets", mode="polling"),
+      series("syncer_watch_restarts_total", "0+1x40", pod="polling", resource="secrets", reason="forbidden"),
+      series("syncer_watch_restarts_total", "0+1x40", pod="stalling", resource="secrets", reason="stalled"),
+      series("syncer_watches", "0x40", pod="stalling", resource="secrets", mode="polling"),
+      series("syncer_watch_restarts_total", "0+2x40", pod="healthy", resource="secrets", reason="closed"),
+      series("syncer_watches", "0x40", pod="healthy", resource="secrets", mode="polling"),
+      series("syncer_watches", "0x5 1x5 0x30", pod="blip", resource="namespaces", mode="polling")],
+     [quiet("RegistryCredentialWatchFailing", "10m"),
+      {"eval_time": "35m", "alertname": "RegistryCredentialWatchFailing", "exp_alerts": [
+          {"exp_labels": {"job": "registry-credential-syncer", "namespace": "registry-syncer", "pod": pod,
+                          "severity": severity("RegistryCredentialWatchFailing")}}
+          for pod in ("polling", "stalling")]}]),
 ]
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from syncer import config as config_mod
 from syncer.cli import App, build_app, make_daemon
@@ -36,13 +37,22 @@ def make_app(world: World, ngc: dict[str, Any], **sections: Any) -> App:
     return build_app(config_mod.load(config, {}), {}, dry_run=False, daemon=True)
 
 
+REGISTRIES: dict[int, CollectorRegistry] = {}
+"""The metrics registry of each daemon started, by id(daemon)."""
+
+
+def sample(daemon: Daemon, name: str, **labels: str) -> float | None:
+    return REGISTRIES[id(daemon)].get_sample_value(name, labels)
+
+
 @pytest.fixture
 def started(world: World) -> Iterator[Callable[[App], Daemon]]:
     """Start a daemon for an app; every one started is shut down afterwards."""
     daemons: list[Daemon] = []
 
     def start(app: App) -> Daemon:
-        daemon, _ = make_daemon(app)
+        daemon, registry = make_daemon(app)
+        REGISTRIES[id(daemon)] = registry
         daemons.append(daemon)
         daemon.start()
         return daemon
@@ -89,6 +99,8 @@ def test_reactions_repair_each_change_once_with_no_reads(world: World, ngc: dict
                what="the cache holds the start-up writes")
     world.kube.reset_requests()
 
+    assert sample(daemon, "syncer_watches", resource="secrets", mode="watching") == 2
+    assert sample(daemon, "syncer_watches", resource="namespaces", mode="watching") == 1
     summary = daemon.run_cycle()
     assert summary is not None and summary.ok
     assert secret_reads(world) == (0, 0), "a steady full cycle reads the informer cache only"
@@ -113,6 +125,8 @@ def test_reactions_repair_each_change_once_with_no_reads(world: World, ngc: dict
     # put_dockerconfig and delete_secret are the test's own (not requests): 3 writes, each once.
     assert world.kube.writes() == 3, "each change repaired by exactly one write"
     assert secret_reads(world) == (0, 0), "writes carried the cached resourceVersion: no re-read"
+    for reason in ("secret_deleted", "entry_drifted", "namespace_matched"):
+        assert sample(daemon, "syncer_repairs_total", reason=reason) == 1, reason
 
 
 def test_conflict_from_a_stale_cache_is_re_read_with_a_get(world: World, ngc: dict[str, Any],
@@ -173,6 +187,10 @@ def test_watch_forbidden_polls_with_one_warning_and_gets_continue(
     assert lists == 1, "the fan-out name with its LIST"
     warnings = [r for r in caplog.records if "falling back to polling" in r.getMessage()]
     assert len(warnings) == len(app.watching.modes()), "one warning per watch"
+    assert sample(daemon, "syncer_watches", resource="secrets", mode="polling") == 2
+    assert sample(daemon, "syncer_watches", resource="namespaces", mode="polling") == 1
+    assert sample(daemon, "syncer_watches", resource="secrets", mode="watching") == 0
+    assert (sample(daemon, "syncer_watch_restarts_total", resource="secrets", reason="forbidden") or 0) >= 2
 
 
 def test_only_the_leader_acts_and_a_new_leader_starts_warm(
