@@ -17,7 +17,8 @@ from syncer import config as config_mod
 from syncer.cli import App, build_app, make_daemon
 from syncer.scheduler import Daemon
 from tests.support.operator import NS
-from tests.support.world import SYNCER_TOKEN, World
+from tests.support.net import free_port
+from tests.support.world import SYNCER_TOKEN, DaemonProcess, World, metric_value
 
 pytest_plugins = ["tests.support.operator_fixtures"]  # world, ngc
 A, FAN, SELECTOR = "pull-a", "pull-fan", "pull=yes"
@@ -250,3 +251,56 @@ def test_once_never_watches(world: World, ngc: dict[str, Any]) -> None:
     config = world.config([ngc], targets(ngc))
     assert world.run(config).code == 0
     assert world.kube.count(verb="watch") == 0
+
+
+def test_dropped_and_compacted_watch_still_repairs_once(world: World, ngc: dict[str, Any],
+                                                        started: Callable[[App], Daemon]) -> None:
+    """The stream is cut and the delete compacted away: the reflector relists (410) and the
+    relist's DELETED is attributed to the target like a watch event."""
+    app = make_app(world, ngc, targets=[targets(ngc)[0]])
+    daemon = started(app)
+    ready(app, daemon)
+    world.kube.reset_requests()
+    world.kube.watches.drop()
+    world.kube.delete_secret(NS, A)
+    world.kube.store.compact()
+    took = eventually(lambda: world.kube.get_secret(NS, A) is not None, what="restored after the relist")
+    assert took < REACT_WITHIN
+    time.sleep(0.5)
+    assert world.kube.writes() == 1
+
+
+def test_reload_watches_the_new_targets(world: World, ngc: dict[str, Any],
+                                        started: Callable[[App], Daemon]) -> None:
+    app = make_app(world, ngc, targets=[targets(ngc)[0]])
+    daemon = started(app)
+    ready(app, daemon)
+    extra = {"namespace": NS, "name": "pull-b", "registries": [ngc["host"]], "create": True}
+    reloaded = config_mod.load(world.config([ngc], [targets(ngc)[0], extra],
+                                            schedule={"interval": "1h", "jitter": "0s"}), {})
+    daemon.reconfigure(reloaded)
+    ready(app, daemon, runs=2)
+    assert world.kube.get_secret(NS, "pull-b") is not None
+    assert app.watching is not None
+    assert app.watching.modes()[f"secrets[{NS}](metadata.name=pull-b)"] == "watching"
+    world.kube.delete_secret(NS, "pull-b")
+    took = eventually(lambda: world.kube.get_secret(NS, "pull-b") is not None, what="new target repaired")
+    assert took < REACT_WITHIN
+
+
+def test_sigterm_closes_the_watches_of_a_daemon_process_at_once(world: World, ngc: dict[str, Any]) -> None:
+    port = free_port()
+    world.kube.add_namespace("ml-a", {"pull": "yes"})
+    config = world.config([ngc], targets(ngc), schedule={"interval": "1h", "jitter": "0s"},
+                          metrics={"listen": f"127.0.0.1:{port}"})
+    daemon = DaemonProcess(world, config, port)
+    try:
+        daemon.wait_for(lambda: world.kube.watches.open_count() == 3, what="three watches open")
+        daemon.wait_for(lambda: metric_value(daemon.get("/metrics")[1], "syncer_watches",
+                                             resource="secrets", mode="watching") == 2, what="watching")
+        t0 = time.monotonic()
+    finally:
+        code = daemon.stop(timeout=5)
+    assert code == 0
+    assert time.monotonic() - t0 < 2.0, "SIGTERM ends the process without waiting for the watches"
+    eventually(lambda: world.kube.watches.open_count() == 0, timeout=1.0, what="streams closed")
