@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 from syncer import config as config_mod
 from syncer.cli import App, build_app, make_daemon
 from syncer.scheduler import Daemon
-from tests.support.operator import NS
 from tests.support.net import free_port
+from tests.support.operator import NS
 from tests.support.world import SYNCER_TOKEN, DaemonProcess, World, metric_value
 
 pytest_plugins = ["tests.support.operator_fixtures"]  # world, ngc
