@@ -178,13 +178,16 @@ def test_watch_mode_per_target_from_access_reviews(world: World, ngc: dict[str, 
     "poll (denied: ...)" as a warning (the daemon falls back to polling that target)."""
     domino_secret(world)
     world.kube.add_namespace("ml-a", {"fanout": "yes"})
-    targets = [{"namespace": NS, "name": NAME}, {"namespace_selector": "fanout=yes", "name": "fan"}]
+    targets = [{"namespace": NS, "name": NAME},
+               {"namespace_selector": "fanout=yes", "name": "fan", "create": True}]
     named = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"],
              "resourceNames": [NAME], "namespaces": [NS]}
     rules = [*SECRET_RULES, named,
              {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
               "resourceNames": ["fan"]},
-             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]}]
+             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
     world.kube.set_rules(SYNCER_TOKEN, rules)
     config = world.config([ngc], targets, kubernetes={"list_secrets": False})
     result, checks = checked(world, config)
