@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -296,6 +297,8 @@ class Preflight:
             for concrete in self._namespaces(target, expansion):
                 self._rbac(concrete)
                 self._target(concrete)
+        for target in secrets:
+            watch_mode(self.report, self.settings.kubernetes.watch, self._allowed, target)
         if self.settings.leader_election.enabled:
             le = self.settings.leader_election
             self._verbs(f"rbac lease {le.namespace}/{le.name}", [
@@ -402,6 +405,36 @@ class Preflight:
         hosts = sorted(doc["auths"])
         self.report.add(name, Status.OK, f"well formed, {len(hosts)} entries"
                         + (f" ({safe_list(hosts)})" if hosts else ""))
+
+
+def watch_mode(report: Report, watch: bool, allowed: Callable[[str, str, str, str, str], bool],
+               target: TargetSettings) -> None:
+    """``target.watch NS/NAME``: whether the daemon will watch the target or poll it, by
+    SelfSubjectAccessReviews (``allowed``) for list and watch with the name (the watch's
+    fieldSelector), and for a selector the namespaces' list and watch."""
+    ns = "" if target.namespace_selector else target.namespace
+    name = f"target.watch {ns or '*'}/{target.name}"
+    if name in report.names():
+        return
+    if not watch:
+        report.add(name, Status.OK, "poll (kubernetes.watch = false)")
+        return
+    wanted = [(v, "", "secrets", ns, target.name) for v in ("list", "watch")]
+    if target.namespace_selector:
+        wanted += [(v, "", "namespaces", "", "") for v in ("list", "watch")]
+    try:
+        refused = [w for w in wanted if not allowed(*w)]
+    except TRANSPORT_ERRORS as exc:
+        report.add(name, Status.WARN,
+                   f"unknown (SelfSubjectAccessReview failed: {translate(exc, name, 'review')})")
+        return
+    if not refused:
+        report.add(name, Status.OK, "watch")
+        return
+    what = ", ".join(f"{v} {r}{'/' + o if o else ''}" for v, _, r, _, o in refused)
+    report.add(name, Status.WARN, f"poll (denied: {what})",
+               "grant list and watch next to get with the same resourceNames; until then the "
+               "daemon reads this target each cycle and repairs it only then")
 
 
 def _login_hint(method: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,7 +24,7 @@ from prometheus_client import (
 from syncer import __version__
 from syncer.canary import PullOutcome
 from syncer.config import Settings, TargetSettings
-from syncer.kube_watch import EVENT_TYPES, RESOURCES, RESTART_REASONS
+from syncer.kube_watch import EVENT_TYPES, RESOURCES, RESTART_REASONS, WatchMode
 from syncer.probe import REASONS
 from syncer.report import RegistryOutcome, RegistryReport, Summary, TargetOutcome, TargetReport
 from syncer.scope import REPAIR_REASONS
@@ -124,6 +124,9 @@ class Metrics:
                                            "Watches (or their lists) that ended or failed, by reason "
                                            "(closed = the normal end at timeoutSeconds).",
                                            ("resource", "reason"))
+        self.watches = make.gauge("syncer_watches", "Kubernetes watches of the daemon by mode "
+                                  "(polling = the watch cannot be opened; its targets are read "
+                                  "each cycle).", ("resource", "mode"))
         self.propagation = make.histogram(
             "syncer_propagation_seconds",
             "From a new Vault version noticed by the poll to the last affected target written.",
@@ -142,6 +145,8 @@ class Metrics:
                 self.watch_events.labels(resource, event_type)
             for reason in RESTART_REASONS:
                 self.watch_restarts.labels(resource, reason)
+            for mode in WatchMode:
+                self.watches.labels(resource, mode.value)
         for reason in REPAIR_REASONS:
             self.repairs.labels(reason)
         for reg in settings.registries:
@@ -282,6 +287,13 @@ class Metrics:
     def watch_restart(self, resource: str, reason: str) -> None:
         """One watch that ended or failed (kube_watch.WatchObserver)."""
         self.watch_restarts.labels(resource, reason).inc()
+
+    def watch_modes(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """How many watches of each resource are in each mode, by (resource, mode); the pairs
+        left out are 0 (syncer.watching)."""
+        for resource in RESOURCES:
+            for mode in WatchMode:
+                self.watches.labels(resource, mode.value).set(counts.get((resource, mode.value), 0))
 
     def set_token_ttl(self, ttl: float | None) -> None:
         """Remaining Vault token TTL, -1 when unknown."""
