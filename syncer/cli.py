@@ -29,6 +29,7 @@ from syncer.scheduler import Daemon, StopWhen, run_period
 from syncer.sync import Syncer
 from syncer.triggers import CHECK_EVERY, FULL_SIGNAL, RELOAD_SIGNAL, Triggers, reload_settings
 from syncer.vault_watch import VersionWatcher
+from syncer.watching import Watching
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ class App:
     """The config file, re-read on SIGHUP."""
     env: Mapping[str, str] = field(default_factory=dict)
     """The environment the settings were read with (for a reload)."""
+    watching: Watching | None = None
+    """The daemon's watches (``kubernetes.watch``), whose caches the stores read."""
 
     def publish(self, summary: Summary) -> None:
         """Events for a finished cycle (never in dry-run: events_for returns none)."""
@@ -103,8 +106,10 @@ def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool, *, daem
     stop = stop if stop is not None else threading.Event()
     api, source, prober = commands.build_clients(settings, env)
     kube_api.size_connection_pool(api, settings.sync.concurrency)
-    store = kube.SecretStore(api, dry_run=dry_run)
-    fanout = kube.FanOut(api, dry_run)
+    # Watches only serve a daemon: a one-shot run would wait for lists it reads once anyway.
+    watching = Watching(api, settings.targets) if daemon and settings.kubernetes.watch else None
+    store = kube.SecretStore(api, dry_run=dry_run, cache=watching)
+    fanout = kube.FanOut(api, dry_run, cache=watching)
     recorder = (EventRecorder(api, settings.kubernetes, workers=settings.sync.concurrency)
                 if settings.kubernetes.events else None)
     leader = (LeaseElector(api, settings.leader_election)
@@ -112,7 +117,7 @@ def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool, *, daem
     heartbeat = Heartbeat()
     syncer = Syncer(settings, source, store, prober, should_stop=StopWhen(stop, leader),
                     progress=heartbeat.beat, fanout=fanout, files=FileStore(dry_run))
-    return App(settings, syncer, api, recorder, stop, heartbeat, leader, env=env)
+    return App(settings, syncer, api, recorder, stop, heartbeat, leader, env=env, watching=watching)
 
 
 def install_signal_handlers(stop: threading.Event) -> dict[int, Any]:
@@ -166,10 +171,12 @@ def make_daemon(app: App) -> tuple[Daemon, CollectorRegistry]:
                     heartbeat=app.heartbeat, scheduler_alive=lambda: bool(scheduler.running))
     reactor = Reactor(metrics)
     watcher = VersionWatcher(app.syncer.vault, reactor.submit_registries, reactor.clock)
+    if app.watching is not None:
+        app.watching.connect(reactor, metrics)
     daemon = Daemon(settings.schedule, app.syncer, metrics, health, app.stop, leader=app.leader,
                     publish=app.publish, vault_maintain=lambda: maintain_vault(app.syncer.vault),
                     scheduler=scheduler, renew_period=settings.leader_election.renew_period,
-                    reactor=reactor, watcher=watcher)
+                    reactor=reactor, watcher=watcher, watching=app.watching)
     return daemon, registry
 
 

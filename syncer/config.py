@@ -146,6 +146,11 @@ class KubernetesSettings:
     """Read fan-out targets with one cluster-wide LIST per secret name
     (``fieldSelector=metadata.name=NAME``) instead of one GET per namespace. Needs ``list`` on
     secrets with ``resourceNames: [NAME]`` in a ClusterRole; refused, it falls back to the GETs."""
+    watch: bool = True
+    """Daemon: watch the target secrets (and the namespaces of each selector) and keep them in
+    memory, so a deleted or edited secret or a new matching namespace is repaired within seconds
+    and a steady cycle needs no GETs. Needs ``watch`` next to ``list`` in RBAC; refused, that
+    watch falls back to polling. ``false``: poll each cycle only."""
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,8 @@ class FileStore:
         return self.read(target.file)
 
     @staticmethod
-    def prefetch(targets: Sequence[TargetSettings]) -> dict[str, FileSnapshot | TargetError | None]:
+    def prefetch(targets: Sequence[TargetSettings], *,
+                 lists: bool = True) -> dict[str, FileSnapshot | TargetError | None]:
         """Nothing: files are read one by one (no LIST to save)."""
         return {}
 

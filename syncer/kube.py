@@ -11,7 +11,7 @@ import base64
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from syncer import dockerconfig
 from syncer.config import TargetSettings
@@ -33,6 +33,16 @@ LIST_PAGE = 500
 NAMESPACE_PAGE = 1000
 """Items per page of the namespace LIST. A Namespace is about half a KB, and ``limit`` counts
 namespaces before the label selector filters them, so one page covers most clusters whole."""
+
+
+class WatchCache(Protocol):
+    """What the daemon's watches know (``syncer.watching.Watching``): read instead of GET/LIST."""
+
+    def cached_secret(self, namespace: str, name: str) -> tuple[bool, Mapping[str, Any] | None]:
+        """(True, the secret or None when absent) when a synced watch covers it, else (False, None)."""
+
+    def cached_namespaces(self, selector: str) -> list[str] | None:
+        """The namespaces ``selector`` matches, or None when its watch is not synced."""
 
 
 @dataclass(frozen=True)
@@ -93,9 +103,11 @@ class SecretStore:
     what = "secret"
     """What a target of this store is called in reports."""
 
-    def __init__(self, api: Api, dry_run: bool = False) -> None:
+    def __init__(self, api: Api, dry_run: bool = False, *, cache: WatchCache | None = None) -> None:
         self.api = api
         self.dry_run = dry_run
+        self.cache = cache
+        """The watches' cache (daemon with ``kubernetes.watch``): first attempts read from it."""
 
     def read(self, namespace: str, name: str) -> SecretSnapshot | None:
         """The secret, or None when it does not exist."""
@@ -107,10 +119,35 @@ class SecretStore:
         """The target's secret, or None when it does not exist."""
         return self.read(target.namespace, target.name)
 
-    def prefetch(self, targets: Sequence[TargetSettings]) -> dict[str, SecretSnapshot | KubeError | None]:
-        """The fan-out targets' secrets from one LIST per name, by target ref; None where the
-        secret does not exist. A failed LIST only costs speed: its targets are left out, so
-        they are read one by one as usual."""
+    def prefetch(self, targets: Sequence[TargetSettings], *,
+                 lists: bool = True) -> dict[str, SecretSnapshot | KubeError | None]:
+        """The targets' secrets by target ref (None where the secret does not exist): from the
+        watches' cache where a synced watch covers them, then (``lists``) the other fan-out
+        targets from one LIST per name. A failed LIST only costs speed: its targets are left
+        out, so they are read one by one as usual."""
+        found = self._cached(targets)
+        if lists:
+            found.update(self._list_fanout([t for t in targets if t.ref not in found]))
+        return found
+
+    def _cached(self, targets: Sequence[TargetSettings]) -> dict[str, SecretSnapshot | KubeError | None]:
+        """What the watches' cache holds of ``targets`` (the object may be older than the
+        server's: a write then gets a 409 and the retry reads it with a GET)."""
+        found: dict[str, SecretSnapshot | KubeError | None] = {}
+        if self.cache is None:
+            return found
+        for t in targets:
+            known, obj = self.cache.cached_secret(t.namespace, t.name)
+            if not known:
+                continue
+            try:
+                found[t.ref] = None if obj is None else _snapshot(obj, t.ref)
+            except KubeError as exc:
+                found[t.ref] = exc
+        return found
+
+    def _list_fanout(self, targets: Sequence[TargetSettings]) -> dict[str, SecretSnapshot | KubeError | None]:
+        """The fan-out targets' secrets from one LIST per name (see ``prefetch``)."""
         listed: dict[str, SecretSnapshot | KubeError | None] = {}
         for name in sorted({t.name for t in targets if t.namespace_selector}):
             try:
@@ -272,9 +309,11 @@ class FanOut:
     namespace_page = NAMESPACE_PAGE
     """Items per page of the namespace LIST."""
 
-    def __init__(self, api: Api, dry_run: bool = False) -> None:
+    def __init__(self, api: Api, dry_run: bool = False, *, cache: WatchCache | None = None) -> None:
         self.api = api
         self.dry_run = dry_run
+        self.cache = cache
+        """The watches' cache: a synced namespace watch answers instead of a LIST."""
 
     def namespaces(self, selector: str) -> list[str]:
         """Names of the namespaces matching ``selector`` that are not terminating (one LIST).
@@ -282,6 +321,9 @@ class FanOut:
         A terminating namespace refuses new objects (403) and is about to lose the secret
         anyway, so it is skipped rather than reported as a failure.
         """
+        cached = None if self.cache is None else self.cache.cached_namespaces(selector)
+        if cached is not None:
+            return cached
         query = {"labelSelector": selector, "limit": str(self.namespace_page)}
         items = list_all(self.api, api_path("namespaces"), query, selector, "namespaces matching")
         names = []

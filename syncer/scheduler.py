@@ -27,6 +27,7 @@ from syncer.reactor import Batch, Reactor
 from syncer.report import Summary
 from syncer.sync import Syncer
 from syncer.vault_watch import VersionWatcher
+from syncer.watching import Watching
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class Daemon:
         renew_period: float = 5.0,
         reactor: Reactor | None = None,
         watcher: VersionWatcher | None = None,
+        watching: Watching | None = None,
     ) -> None:
         self.settings = settings
         self.syncer = syncer
@@ -126,6 +128,8 @@ class Daemon:
         """Runs scoped syncs (``run_batch``) for watch events and Vault changes."""
         self.watcher = watcher
         """Polls Vault for new credential versions every ``vault.poll_interval``."""
+        self.watching = watching
+        """The Kubernetes watches (on every replica: a new leader's caches are warm)."""
         self.failures = 0
         self.runs = 0
         self._running = threading.Lock()
@@ -149,6 +153,8 @@ class Daemon:
                                    max_instances=1, coalesce=True)
         if self.reactor is not None:
             self.reactor.start(self.run_batch)
+        if self.watching is not None:
+            self.watching.start()
         self.scheduler.start()
 
     def leader_step(self) -> None:
@@ -243,6 +249,8 @@ class Daemon:
         with self._running:
             self.syncer.settings = settings
             self.metrics.reconfigure(settings)
+            if self.watching is not None:
+                self.watching.reconfigure(settings.targets)
         self.request_full("configuration reloaded")
 
     def _after(self, ok: bool) -> None:
@@ -270,6 +278,8 @@ class Daemon:
             # Not shutdown(wait=True): it holds the job-store lock while it waits, and a failed
             # in-flight run needs that lock to schedule its retry (a deadlock on SIGTERM).
             self.scheduler.shutdown(wait=False)
+        if self.watching is not None:
+            self.watching.stop()  # streams closed at once; nothing more is submitted
         if self.reactor is not None:
             self.reactor.stop()
         with self._running:

@@ -150,7 +150,7 @@ class Syncer:
                 if scope is not None:
                     resolved = [t for t in resolved if scope.selects(self.settings, t)]
                     target_reports = [t for t in target_reports if scope.selects(self.settings, t.target)]
-                listed = self.targets.prefetch(resolved) if self.settings.kubernetes.list_secrets else {}
+                listed = self.targets.prefetch(resolved, lists=self.settings.kubernetes.list_secrets)
                 target_reports += self._map(lambda t: self._sync_target(
                     t, self._usable_for(t, logins, verdicts), listed,
                     only=None if scope is None else scope.hosts(self.settings, t)), resolved)

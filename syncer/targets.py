@@ -83,8 +83,10 @@ class TargetStore(Protocol[S]):
     def read_target(self, target: TargetSettings) -> S | None:
         """The target as it is now, or None when it does not exist."""
 
-    def prefetch(self, targets: Sequence[TargetSettings]) -> Mapping[str, S | TargetError | None]:
-        """Targets read in bulk where the store can (by target ref); the rest is left out."""
+    def prefetch(self, targets: Sequence[TargetSettings], *,
+                 lists: bool = True) -> Mapping[str, S | TargetError | None]:
+        """Targets read in bulk where the store can (by target ref), from a cache or (``lists``)
+        with LISTs; the rest is left out."""
 
     def update(self, snapshot: S, payload: bytes, annotations: Mapping[str, str],
                previous: bytes | None = None) -> None:
@@ -109,11 +111,12 @@ class TargetStores:
         """The store that holds ``target``."""
         return self.files if target.file else self.secrets
 
-    def prefetch(self, targets: Sequence[TargetSettings]) -> dict[str, Snapshot | TargetError | None]:
+    def prefetch(self, targets: Sequence[TargetSettings], *,
+                 lists: bool = True) -> dict[str, Snapshot | TargetError | None]:
         """Every store's bulk read of its own targets, by target ref."""
         found: dict[str, Snapshot | TargetError | None] = {}
         for store in (self.secrets, self.files):
-            found.update(store.prefetch([t for t in targets if self.of(t) is store]))
+            found.update(store.prefetch([t for t in targets if self.of(t) is store], lists=lists))
         return found
 
 
