@@ -262,11 +262,12 @@ def report(soak: Soak, rounds: list[dict[str, Any]], warm: dict[str, int], end: 
         "writes": sum(r["writes"] for r in rounds), "needed": sum(r["needed"] for r in rounds),
         "settle_seconds_max": max((r["seconds"] for r in rounds), default=None),
         "warm": warm, "end": end, "rss_growth": round(growth, 4) if growth is not None else None,
-        "watch_restarts": restarts, "exit_code": code,
+        "watch_restarts": restarts, "exit_code": code, "server_errors": len(soak.kube.internal_errors),
         "off_rounds": [r for r in rounds if r["writes"] != r["needed"] or r["wrong"]],
     }
     checks = {
         "no crash": not crashed and code == 0,
+        "test server healthy (no internal errors)": not soak.kube.internal_errors,
         f">= {args.rounds} rounds": len(rounds) >= args.rounds,
         "nothing lost (every round settled right)": all(not r["wrong"] for r in rounds),
         "no duplicate writes (writes = needed, per round)": all(r["writes"] == r["needed"] for r in rounds),
