@@ -4,19 +4,24 @@ The login probe proves the password; a robot account with the wrong repository p
 passes it and every pod pull then fails with "unauthorized". So, after the login is proven, for
 each configured image on the host (the flow a container runtime follows on a pull):
 
-1. ``HEAD /v2/NAME/manifests/REF`` without credentials. 200 means the repository is public: a
-   pull proves nothing about the credential (UNVERIFIED). 404 means it is readable and absent.
+1. The challenge is the login probe's (``GET /v2/``): docker's challenge manager pings ``/v2/``
+   once and reuses that challenge for every repository of the host, so no anonymous HEAD is
+   sent per image. Only when ``/v2/`` answered without auth (an open mirror: no challenge) does
+   an anonymous ``HEAD /v2/NAME/manifests/REF`` come first: 200 means anyone may pull
+   (UNVERIFIED), 404 NOT_FOUND, 401 carries the manifest's own challenge.
 2. ``Bearer``: a token for ``repository:NAME:pull`` requested *with* the credentials (a 401/403
    from the token endpoint, or a JWT whose ``access`` claim holds no pull, is PULL_DENIED), then
    the HEAD with it. ``Basic``: the HEAD with Basic auth.
 3. 200 OK; 401/403 PULL_DENIED; 404 NOT_FOUND (NAME_UNKNOWN / MANIFEST_UNKNOWN); else ERROR.
-4. ``Bearer`` and OK: token registries answer every anonymous request with 401, even for public
-   repositories, so an anonymous token for the scope tells (its JWT ``access`` claim, or one more
-   HEAD for an opaque token): a pull anyone may make is UNVERIFIED.
+4. OK, but could anyone pull it? ``Bearer``: token registries answer every anonymous request
+   with 401, even for public repositories, so an anonymous token for the scope tells (its JWT
+   ``access`` claim; one more HEAD only for an opaque token). ``Basic``: one anonymous HEAD
+   (skipped when step 1 already saw its 401). A pull anyone may make is UNVERIFIED.
 
-One authenticated HEAD per image, on the login probe's transport: same TLS, proxy, timeout,
-retry and redirect rules (a redirect to another host is not followed, so the Authorization
-header never leaves the registry). No token, password or body reaches a detail or a log.
+Per image, on a token registry with JWTs: two token requests and one HEAD. On the login probe's
+transport: same TLS, proxy, timeout, retry and redirect rules (a redirect to another host is not
+followed, so the Authorization header never leaves the registry). No token, password or body
+reaches a detail or a log.
 """
 
 from __future__ import annotations
@@ -95,6 +100,12 @@ def _by_status(status: int, what: str, how: str) -> _Done:
     return _Done(PullOutcome.ERROR, f"http_{status}", f"{what}: HTTP {status} to the manifest with {how}")
 
 
+def _unverified(image: ImageRef, how: str) -> _Done:
+    return _Done(PullOutcome.UNVERIFIED, "unverified",
+                 f"{image.text}: {how} (public repository), so pull access of the credential cannot "
+                 "be verified")
+
+
 def grants_pull(token: str, repository: str) -> bool | None:
     """Whether a JWT's ``access`` claim grants pull on ``repository``; None when the token is
     opaque or carries no such claim (then only the HEAD can tell). The signature is not checked:
@@ -122,16 +133,18 @@ class PullChecker:
         self._clock = clock
 
     def check(self, host: str, credential: Credential, images: Sequence[ImageRef],
-              cancelled: Callable[[], bool] = lambda: False) -> tuple[PullCheck, ...]:
-        """One check per image, in order; each within its own ``probe.deadline``."""
-        return tuple(self._one(host, credential, image, cancelled) for image in images)
+              cancelled: Callable[[], bool] = lambda: False,
+              challenge: Challenge | None = None) -> tuple[PullCheck, ...]:
+        """One check per image, in order; each within its own ``probe.deadline``. ``challenge`` is
+        the login probe's (``ProbeResult.challenge``); None when ``/v2/`` sent none."""
+        return tuple(self._one(host, credential, image, cancelled, challenge) for image in images)
 
     def _one(self, host: str, credential: Credential, image: ImageRef,
-             cancelled: Callable[[], bool]) -> PullCheck:
+             cancelled: Callable[[], bool], challenge: Challenge | None) -> PullCheck:
         start = self._clock()
         try:
             with deadline_scope(self._prober.settings.deadline, cancelled) as deadline:
-                self._flow(host, credential, image, deadline)
+                self._flow(host, credential, image, deadline, challenge)
         except _Done as done:
             result = PullCheck(image.text, done.outcome, done.reason, done.detail, self._clock() - start)
         except ProbeStop as stop:
@@ -152,7 +165,24 @@ class PullChecker:
         except TransportError as exc:
             raise _Done(PullOutcome.ERROR, exc.reason, exc.message) from None
 
-    def _flow(self, host: str, credential: Credential, image: ImageRef, deadline: Deadline) -> None:
+    def _anonymous_challenge(self, name: str, url: str, image: ImageRef, deadline: Deadline) -> Challenge:
+        """The anonymous HEAD of a registry whose ``/v2/`` is open: a verdict, or the manifest's
+        own challenge (its 401)."""
+        try:
+            anonymous = self._prober.transport.get(url, None, f"{name} manifest {image.text}", deadline,
+                                                   method="HEAD", accept=MANIFEST_ACCEPT)
+        except TransportError as exc:
+            raise _Done(PullOutcome.ERROR, exc.reason, exc.message) from None
+        with anonymous:
+            status = anonymous.status_code
+            if status == 200:
+                raise _unverified(image, "pulls without any credential")
+            if status != 401:
+                raise _by_status(status, image.text, "no credentials")
+            return self._prober.challenge_of(name, anonymous)
+
+    def _flow(self, host: str, credential: Credential, image: ImageRef, deadline: Deadline,
+              challenge: Challenge | None) -> None:
         try:
             base = registry_url(host)
         except ValueError:
@@ -160,23 +190,16 @@ class PullChecker:
         name = netloc(base)
         what = f"{name} manifest {image.text}"
         url = f"{base}/v2/{quote(image.repository, safe='/')}/manifests/{quote(image.reference, safe=':')}"
-        transport = self._prober.transport
-        try:
-            anonymous = transport.get(url, None, what, deadline, method="HEAD", accept=MANIFEST_ACCEPT)
-        except TransportError as exc:
-            raise _Done(PullOutcome.ERROR, exc.reason, exc.message) from None
-        with anonymous:
-            status = anonymous.status_code
-            if status == 200:
-                raise _Done(PullOutcome.UNVERIFIED, "unverified",
-                            f"{image.text}: pulls without any credential (public repository), so "
-                            "pull access of the credential cannot be verified")
-            if status != 401:
-                raise _by_status(status, image.text, "no credentials")
-            challenge = self._prober.challenge_of(name, anonymous)
+        refused_anonymous = challenge is None  # the anonymous HEAD below answered 401
+        if challenge is None:
+            challenge = self._anonymous_challenge(name, url, image, deadline)
         if challenge.scheme == "basic":
-            raise _by_status(self._head(url, basic_header(credential), what, deadline), image.text,
-                             "Basic auth")
+            done = _by_status(self._head(url, basic_header(credential), what, deadline), image.text,
+                              "Basic auth")
+            if (done.outcome is PullOutcome.OK and not refused_anonymous
+                    and self._head(url, None, what, deadline) == 200):
+                raise _unverified(image, "anonymous users may pull it too")
+            raise done
         scope = f"repository:{image.repository}:pull"
         token = self._prober.scoped_token(name, challenge, credential, scope, deadline)
         if grants_pull(token, image.repository) is False:
@@ -184,9 +207,7 @@ class PullChecker:
                         f"{image.text}: no pull access (the token issued for {scope} grants no pull)")
         done = _by_status(self._head(url, "Bearer " + token, what, deadline), image.text, "a pull token")
         if done.outcome is PullOutcome.OK and self._public(name, challenge, scope, image, url, deadline):
-            raise _Done(PullOutcome.UNVERIFIED, "unverified",
-                        f"{image.text}: anonymous users may pull it too (public repository), so pull "
-                        "access of the credential cannot be verified")
+            raise _unverified(image, "anonymous users may pull it too")
         raise done
 
     def _public(self, name: str, challenge: Challenge, scope: str, image: ImageRef, url: str,
@@ -218,7 +239,8 @@ _PREFLIGHT = {
                               "canary the workloads pull; if every canary is denied the credential "
                               "is not written"),
     PullOutcome.NOT_FOUND: ("WARN", "the canary is stale: update verify_images (a digest does not move)"),
-    PullOutcome.UNVERIFIED: ("WARN", "public repository: pick a canary from a private repository"),
+    PullOutcome.UNVERIFIED: ("WARN", "anyone may pull it (a public repository, or a registry without "
+                             "auth): pick a canary from a private repository"),
     PullOutcome.ERROR: ("FAIL", "see the reason; retry later if transient"),
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -143,11 +144,11 @@ class Preflight:
         self.report.add("config", Status.OK, f"{len(s.registries)} registries, {len(s.targets)} targets")
         logins = self._vault()
         self._registries(logins)
-        if any(not t.file for t in s.targets) or s.leader_election.enabled:
-            self._kubernetes()
-        for target in s.targets:
-            if target.file:
-                self._file_target(target)
+        secrets, files = self.stores.split(s.targets)
+        if secrets or s.leader_election.enabled:
+            self._kubernetes(secrets)
+        for target in files:
+            self._file_target(target)
         return self.report
 
     # ------------------------------------------------------------------ vault
@@ -266,9 +267,6 @@ class Preflight:
             shown = f"{self.settings.vault.kv_mount}/{registry.path}"
             if result.outcome is Outcome.OK:
                 self.report.add(name, Status.OK, f"login verified as {safe(credential.username)}")
-                checks = PullChecker(self.prober).check(registry.host, credential, registry.verify_images)
-                for status, check, reason, hint in canary.preflight(registry.host, checks):
-                    self.report.add(check, Status(status), reason, hint)
             elif result.outcome is Outcome.UNVERIFIED:
                 self.report.add(name, Status.WARN, result.detail,
                                 "the registry allows anonymous access, so no login can be proven")
@@ -279,10 +277,15 @@ class Preflight:
             else:
                 self.report.add(name, Status.FAIL, result.detail,
                                 PROBE_HINTS.get(result.reason, "see the reason; retry later if transient"))
+            if result.outcome in (Outcome.OK, Outcome.UNVERIFIED):
+                checks = PullChecker(self.prober).check(registry.host, credential, registry.verify_images,
+                                                        challenge=result.challenge)
+                for status, check, reason, hint in canary.preflight(registry.host, checks):
+                    self.report.add(check, Status(status), reason, hint)
 
     # ------------------------------------------------------------------ kubernetes
 
-    def _kubernetes(self) -> None:
+    def _kubernetes(self, secrets: list[TargetSettings]) -> None:
         try:
             info = self.api.get("/version")
         except TRANSPORT_ERRORS as exc:
@@ -290,11 +293,12 @@ class Preflight:
                             "check kubernetes.kubeconfig / kubernetes.context and the network")
             return
         self.report.add("kubernetes.api", Status.OK, f"API server {info.get('gitVersion', '?')}")
-        secrets = [t for t in self.settings.targets if not t.file]
         for target, expansion in targets.expand(secrets, self.fanout):
             for concrete in self._namespaces(target, expansion):
                 self._rbac(concrete)
                 self._target(concrete)
+        for target in secrets:
+            watch_mode(self.report, self.settings.kubernetes.watch, self._allowed, target)
         if self.settings.leader_election.enabled:
             le = self.settings.leader_election
             self._verbs(f"rbac lease {le.namespace}/{le.name}", [
@@ -401,6 +405,36 @@ class Preflight:
         hosts = sorted(doc["auths"])
         self.report.add(name, Status.OK, f"well formed, {len(hosts)} entries"
                         + (f" ({safe_list(hosts)})" if hosts else ""))
+
+
+def watch_mode(report: Report, watch: bool, allowed: Callable[[str, str, str, str, str], bool],
+               target: TargetSettings) -> None:
+    """``target.watch NS/NAME``: whether the daemon will watch the target or poll it, by
+    SelfSubjectAccessReviews (``allowed``) for list and watch with the name (the watch's
+    fieldSelector), and for a selector the namespaces' list and watch."""
+    ns = "" if target.namespace_selector else target.namespace
+    name = f"target.watch {ns or '*'}/{target.name}"
+    if name in report.names():
+        return
+    if not watch:
+        report.add(name, Status.OK, "poll (kubernetes.watch = false)")
+        return
+    wanted = [(v, "", "secrets", ns, target.name) for v in ("list", "watch")]
+    if target.namespace_selector:
+        wanted += [(v, "", "namespaces", "", "") for v in ("list", "watch")]
+    try:
+        refused = [w for w in wanted if not allowed(*w)]
+    except TRANSPORT_ERRORS as exc:
+        report.add(name, Status.WARN,
+                   f"unknown (SelfSubjectAccessReview failed: {translate(exc, name, 'review')})")
+        return
+    if not refused:
+        report.add(name, Status.OK, "watch")
+        return
+    what = ", ".join(f"{v} {r}{'/' + o if o else ''}" for v, _, r, _, o in refused)
+    report.add(name, Status.WARN, f"poll (denied: {what})",
+               "grant list and watch next to get with the same resourceNames; until then the "
+               "daemon reads this target each cycle and repairs it only then")
 
 
 def _login_hint(method: str) -> str:

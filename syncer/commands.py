@@ -18,7 +18,8 @@ from kubernetes.config.config_exception import ConfigException
 
 from syncer import config, kube, kube_api, logs, probe, show_image, transport, vault
 from syncer.check import Preflight, config_failure
-from syncer.config import Settings
+from syncer.config import Settings, TargetSettings
+from syncer.config_parse import name_problem
 from syncer.filetarget import FileStore
 from syncer.history import rollback_file, rollback_secret
 from syncer.proxies import ProxyEnv, proxy_problem, with_scheme
@@ -48,6 +49,9 @@ def add_subcommands(parser: argparse.ArgumentParser, log_levels: Sequence[str]) 
                       help='print passwords as "set" instead of a sha256 prefix')
     show.add_argument("--image", default="", help="which auths entry kubelet would use for this "
                       "image reference, per target (and whether the syncer manages it)")
+    show.add_argument("--service-account", default="", metavar="NS/NAME",
+                      help="with --image: combine that ServiceAccount's imagePullSecrets as kubelet "
+                      "does for its pods, and say which secret and entry wins")
     rollback = sub.add_parser("rollback", parents=[common], help="restore a target's content "
                               "from before the syncer's last write")
     rollback.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
@@ -156,11 +160,42 @@ def _show(args: argparse.Namespace, settings: Settings, source: vault.VaultSourc
     inspector = Inspector(settings, source, kube.SecretStore(api, dry_run=True),
                           kube.FanOut(api, dry_run=True), FileStore(dry_run=True),
                           fingerprint=not args.no_fingerprint)
+    if args.service_account:
+        return _show_account(args, inspector, kube.FanOut(api, dry_run=True))
     views = [inspector.view(t) for t in inspector.targets(args.namespace, args.name, args.file)]
     if args.image:
         return _show_image(args, views)
     print(to_json(views) if args.output == "json" else render(views) or "no targets match")
     return EXIT_OK if views and all(v.status == "ok" for v in views) else EXIT_FAILED
+
+
+def _show_account(args: argparse.Namespace, inspector: Inspector, fanout: kube.FanOut) -> int:
+    """``show --image REF --service-account NS/NAME``: the account's pull secrets, combined."""
+    namespace, _, name = args.service_account.partition("/")
+    if not args.image or name_problem(namespace, label=True) or name_problem(name):
+        print(f"syncer: error: --service-account {safe(args.service_account)}: expected NAMESPACE/NAME "
+              "(and --image REF)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        account = fanout.read_account(namespace, name)
+    except TargetError as exc:
+        print(f"syncer: error: {safe(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    if account is None:
+        print(f"syncer: error: serviceaccount {namespace}/{name} does not exist", file=sys.stderr)
+        return EXIT_FAILED
+    names = [str(e.get("name", "")) for e in account.pull_secrets]
+    # A name the API server could never have stored is skipped, as kubelet's GET would fail.
+    views = [TargetView(f"{namespace}/{n}", "secret", "invalid name") if name_problem(n)
+             else inspector.view(TargetSettings(namespace=namespace, name=n)) for n in names]
+    try:
+        repository, choice = show_image.choose_account(args.service_account, views, args.image)
+    except ValueError as exc:
+        print(f"syncer: error: --image {safe(args.image)}: {safe(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    out = show_image.account_json if args.output == "json" else show_image.render_account
+    print(out(args.image, repository, choice))
+    return EXIT_FAILED if choice.skipped else EXIT_OK
 
 
 def _show_image(args: argparse.Namespace, views: list[TargetView]) -> int:

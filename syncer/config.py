@@ -288,6 +288,11 @@ class TargetSettings:
         return dataclasses.replace(self, namespace=namespace)
 
     @property
+    def concrete(self) -> bool:
+        """A file, or a Secret with its namespace: not a selector target before expansion."""
+        return bool(self.file or self.namespace)
+
+    @property
     def ref(self) -> str:
         """``namespace/name`` (or the file path), for logs and summaries."""
         if self.file:

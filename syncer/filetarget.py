@@ -27,7 +27,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from syncer import dockerconfig, safefs
@@ -154,6 +154,7 @@ class FileStore:
     targets). ``dry_run`` is honoured in ``write``."""
 
     what = "file"
+    emits_events = False
     """What a target of this store is called in reports."""
 
     def __init__(self, dry_run: bool = False) -> None:
@@ -238,15 +239,3 @@ class FileStore:
         if now != (snapshot.token if snapshot else None):
             raise TargetError(TargetErrorKind.CONFLICT, path, "changed by someone else since it was read",
                               what="file")
-
-
-def atomic_write(path: str, content: bytes, owner: tuple[int, int] = (-1, -1),
-                 before_rename: Callable[[], None] | None = None) -> None:
-    """Write ``content`` to ``path`` atomically (see safefs.replace), the directory walked
-    without following untrusted links. Raises OSError."""
-    directory, base = _split(path)
-    dir_fd = safefs.open_dir(directory)
-    try:
-        safefs.replace(dir_fd, base, content, owner, before_rename)
-    finally:
-        os.close(dir_fd)

@@ -32,11 +32,6 @@ class ImageRef:
     text: str
     """The reference as configured, for messages and the ``image`` metric label."""
 
-    @property
-    def by_digest(self) -> bool:
-        """True when the manifest is addressed by digest."""
-        return ":" in self.reference
-
 
 def _hostport(key: str) -> str:
     """``host[:port]`` of an auths key or registry host, lower-case, without scheme or path."""

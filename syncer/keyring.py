@@ -22,7 +22,7 @@ Hosts are compared case-sensitively, as kubelet's ``filepath.Match`` does.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from syncer.imageref import DOCKER_HUB, parse_image
 
@@ -138,11 +138,22 @@ def _is_docker_hub(image: str) -> bool:
 
 def lookup(keys: Iterable[str], image: str) -> list[str]:
     """The ``auths`` keys kubelet would try for ``image`` (a normalised repository), in order."""
-    index: dict[str, list[str]] = {}
-    for key in sorted(keys):
-        if (found := index_key(key)) is not None:
-            index.setdefault(found, []).append(key)
-    matched = [k for found in sorted(index, reverse=True) if matches(found, image) for k in index[found]]
+    return [key for _source, key in lookup_sources([("", keys)], image)]
+
+
+def lookup_sources(sources: Sequence[tuple[str, Iterable[str]]], image: str) -> list[tuple[str, str]]:
+    """(source, key) pairs kubelet would try for ``image`` when several pull secrets are combined.
+
+    Kubelet adds every pull secret of the pod, in ``imagePullSecrets`` order, to *one* keyring
+    (``secretsToTrackedDockerConfigs`` in ``pkg/credentialprovider/secrets``): the most specific
+    key wins across secrets, and for the same key the earlier secret is tried first."""
+    index: dict[str, list[tuple[str, str]]] = {}
+    for source, keys in sources:
+        for key in sorted(keys):
+            if (found := index_key(key)) is not None:
+                index.setdefault(found, []).append((source, key))
+    matched = [pair for found in sorted(index, reverse=True) if matches(found, image)
+               for pair in index[found]]
     if not matched and _is_docker_hub(image):
         return list(index.get(DEFAULT_REGISTRY, []))
     return matched

@@ -101,6 +101,7 @@ class SecretStore:
     list_page = LIST_PAGE
     """Items per page of ``list_named``."""
     what = "secret"
+    emits_events = True
     """What a target of this store is called in reports."""
 
     def __init__(self, api: Api, dry_run: bool = False, *, cache: WatchCache | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,7 +24,7 @@ from prometheus_client import (
 from syncer import __version__
 from syncer.canary import PullOutcome
 from syncer.config import Settings, TargetSettings
-from syncer.kube_watch import EVENT_TYPES, RESOURCES, RESTART_REASONS
+from syncer.kube_watch import EVENT_TYPES, RESOURCES, RESTART_REASONS, WatchMode
 from syncer.probe import REASONS
 from syncer.report import RegistryOutcome, RegistryReport, Summary, TargetOutcome, TargetReport
 from syncer.scope import REPAIR_REASONS
@@ -49,76 +49,90 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry, settings: Settings,
                  clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-            return Counter(name, doc, labels, registry=registry)
-
-        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(name, doc, labels, registry=registry)
-
-        # Not ``namespace``/``name``: Prometheus attaches the scrape target's own ``namespace``
-        # (the syncer pod's) to every series and renames ours to ``exported_namespace``.
-        reg, target = ("registry",), TARGET_LABELS
-        self.runs = counter("syncer_sync_runs", "Sync cycles by result.", ("result",))
-        self.duration = Histogram("syncer_sync_duration_seconds", "Duration of sync cycles.",
-                                  buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-                                  registry=registry)
-        self.last_run = gauge("syncer_last_run_timestamp_seconds",
-                              "Unix time the last cycle finished.")
-        self.last_success = gauge("syncer_last_success_timestamp_seconds",
-                                  "Unix time the last fully successful cycle finished.")
-        self.probe_success = gauge("syncer_registry_probe_success",
-                                   "1 if the last probe proved the login, else 0.", reg)
-        self.probe_duration = gauge("syncer_registry_probe_duration_seconds",
-                                    "Duration of the last probe.", reg)
-        self.probe_failures = counter("syncer_registry_probe_failures",
-                                      "Probes that did not prove the login, by reason.",
-                                      ("registry", "reason"))
-        self.registry_success = gauge("syncer_registry_sync_success",
-                                      "1 if the registry was read from Vault and not refused.", reg)
-        self.rotations = counter("syncer_credential_rotations",
-                                 "New credentials applied to at least one target.", reg)
-        self.version = gauge("syncer_credential_version",
-                             "KV v2 version of the credentials in use.", reg)
-        self.writes = counter("syncer_secret_writes", "Writes to target secrets.", target)
-        self.conflicts = counter("syncer_secret_conflicts", "409 Conflicts met while writing.",
-                                 target)
-        self.secret_success = gauge("syncer_secret_sync_success",
-                                    "1 if the target is in sync after the last cycle.", target)
-        self.errors = counter("syncer_errors", "Errors by stage.", ("stage",))
-        self.token_ttl = gauge("syncer_vault_token_ttl_seconds",
-                               "Remaining TTL of the Vault token (-1 if unknown).")
-        self.vault_logins = counter("syncer_vault_logins", "Vault logins made by this process.")
+        make = _Factory(registry)
+        self._declare_cycle(make)
+        self._declare_registries(make)
+        self._declare_targets(make)
+        self._declare_watches(make)
         self._logins_seen = 0
-        self.build_info = gauge("syncer_build_info", "Build information.", ("version",))
-        self.leader = gauge("syncer_leader", "1 on the replica that holds the lease.")
-        self.drift = counter("syncer_drift_corrections",
-                             "Managed entries found edited by hand while Vault was unchanged "
-                             "(repaired, or only reported when drift = report).",
-                             (*TARGET_LABELS, "registry"))
-        self.pull_success = gauge("syncer_image_pull_check_success",
-                                  "1 if the last pull check proved the credential can pull the canary "
-                                  "image, else 0.", ("registry", "image"))
-        self.pull_checks = counter("syncer_image_pull_checks",
-                                   "Canary image pull checks by result (ok, pull_denied, not_found, "
-                                   "unverified, error).", ("registry", "image", "result"))
-        self.watch_events = counter("syncer_watch_events", "Events read from Kubernetes watches.",
-                                    ("resource", "type"))
-        self.watch_restarts = counter("syncer_watch_restarts",
-                                      "Watches (or their lists) that ended or failed, by reason "
-                                      "(closed = the normal end at timeoutSeconds).",
-                                      ("resource", "reason"))
-        self.propagation = Histogram(
-            "syncer_propagation_seconds",
-            "From a new Vault version noticed by the poll to the last affected target written.",
-            buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300), registry=registry)
-        self.repairs = counter("syncer_repairs", "Targets re-synced at once after a watch event "
-                               "(secret_deleted, entry_drifted, namespace_matched).", ("reason",))
         self._fanout: dict[tuple[str, str], set[tuple[str, str]]] = {}
         """Label sets of each fan-out target's secrets seen last cycle (stale ones are removed)."""
         self._hosts: dict[tuple[str, str], tuple[str, ...]] = {}
         _process_collectors(registry)
         self.token_ttl.set(-1)
         self.reconfigure(settings)
+
+    def _declare_cycle(self, make: _Factory) -> None:
+        """The process and its cycles: runs, duration, errors, Vault token, leadership."""
+        self.runs = make.counter("syncer_sync_runs", "Sync cycles by result.", ("result",))
+        self.duration = make.histogram("syncer_sync_duration_seconds", "Duration of sync cycles.",
+                                       (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300))
+        self.last_run = make.gauge("syncer_last_run_timestamp_seconds",
+                                   "Unix time the last cycle finished.")
+        self.last_success = make.gauge("syncer_last_success_timestamp_seconds",
+                                       "Unix time the last fully successful cycle finished.")
+        self.errors = make.counter("syncer_errors", "Errors by stage.", ("stage",))
+        self.token_ttl = make.gauge("syncer_vault_token_ttl_seconds",
+                                    "Remaining TTL of the Vault token (-1 if unknown).")
+        self.vault_logins = make.counter("syncer_vault_logins", "Vault logins made by this process.")
+        self.build_info = make.gauge("syncer_build_info", "Build information.", ("version",))
+        self.leader = make.gauge("syncer_leader", "1 on the replica that holds the lease.")
+
+    def _declare_registries(self, make: _Factory) -> None:
+        """Per registry host: the probe, the Vault read, rotations, canary pull checks."""
+        reg = ("registry",)
+        self.probe_success = make.gauge("syncer_registry_probe_success",
+                                        "1 if the last probe proved the login, else 0.", reg)
+        self.probe_duration = make.gauge("syncer_registry_probe_duration_seconds",
+                                         "Duration of the last probe.", reg)
+        self.probe_failures = make.counter("syncer_registry_probe_failures",
+                                           "Probes that did not prove the login, by reason.",
+                                           ("registry", "reason"))
+        self.registry_success = make.gauge("syncer_registry_sync_success",
+                                           "1 if the registry was read from Vault and not refused.", reg)
+        self.rotations = make.counter("syncer_credential_rotations",
+                                      "New credentials applied to at least one target.", reg)
+        self.version = make.gauge("syncer_credential_version",
+                                  "KV v2 version of the credentials in use.", reg)
+        self.pull_success = make.gauge("syncer_image_pull_check_success",
+                                       "1 if the last pull check proved the credential can pull the "
+                                       "canary image, else 0.", ("registry", "image"))
+        self.pull_checks = make.counter("syncer_image_pull_checks",
+                                        "Canary image pull checks by result (ok, pull_denied, not_found, "
+                                        "unverified, error).", ("registry", "image", "result"))
+
+    def _declare_targets(self, make: _Factory) -> None:
+        """Per target secret (or file): writes, conflicts, success, drift."""
+        # Not ``namespace``/``name``: Prometheus attaches the scrape target's own ``namespace``
+        # (the syncer pod's) to every series and renames ours to ``exported_namespace``.
+        target = TARGET_LABELS
+        self.writes = make.counter("syncer_secret_writes", "Writes to target secrets.", target)
+        self.conflicts = make.counter("syncer_secret_conflicts", "409 Conflicts met while writing.",
+                                      target)
+        self.secret_success = make.gauge("syncer_secret_sync_success",
+                                         "1 if the target is in sync after the last cycle.", target)
+        self.drift = make.counter("syncer_drift_corrections",
+                                  "Managed entries found edited by hand while Vault was unchanged "
+                                  "(repaired, or only reported when drift = report).",
+                                  (*TARGET_LABELS, "registry"))
+
+    def _declare_watches(self, make: _Factory) -> None:
+        """Kubernetes watches and what the reactor did with them."""
+        self.watch_events = make.counter("syncer_watch_events", "Events read from Kubernetes watches.",
+                                         ("resource", "type"))
+        self.watch_restarts = make.counter("syncer_watch_restarts",
+                                           "Watches (or their lists) that ended or failed, by reason "
+                                           "(closed = the normal end at timeoutSeconds).",
+                                           ("resource", "reason"))
+        self.watches = make.gauge("syncer_watches", "Kubernetes watches of the daemon by mode "
+                                  "(polling = the watch cannot be opened; its targets are read "
+                                  "each cycle).", ("resource", "mode"))
+        self.propagation = make.histogram(
+            "syncer_propagation_seconds",
+            "From a new Vault version noticed by the poll to the last affected target written.",
+            (0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300))
+        self.repairs = make.counter("syncer_repairs", "Targets re-synced at once after a watch event "
+                                    "(secret_deleted, entry_drifted, namespace_matched).", ("reason",))
 
     def _init_series(self, settings: Settings) -> None:
         self.build_info.labels(__version__).set(1)
@@ -131,6 +145,8 @@ class Metrics:
                 self.watch_events.labels(resource, event_type)
             for reason in RESTART_REASONS:
                 self.watch_restarts.labels(resource, reason)
+            for mode in WatchMode:
+                self.watches.labels(resource, mode.value)
         for reason in REPAIR_REASONS:
             self.repairs.labels(reason)
         for reg in settings.registries:
@@ -182,9 +198,9 @@ class Metrics:
         for reg in summary.registries:
             self._observe_registry(reg)
         for target in summary.targets:
-            if not (target.target.namespace or target.target.file):
+            if not target.target.concrete:
                 continue  # a selector whose namespaces could not be listed
-            labels = (target.target.namespace, target.target.name or target.target.file)
+            labels = target_labels(target.target)
             if (key := _fanout_key(target.target)) in self._hosts:
                 self._fanout.setdefault(key, set()).add(labels)
             self._observe_target(target, labels, summary.dry_run)
@@ -272,9 +288,32 @@ class Metrics:
         """One watch that ended or failed (kube_watch.WatchObserver)."""
         self.watch_restarts.labels(resource, reason).inc()
 
+    def watch_modes(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """How many watches of each resource are in each mode, by (resource, mode); the pairs
+        left out are 0 (syncer.watching)."""
+        for resource in RESOURCES:
+            for mode in WatchMode:
+                self.watches.labels(resource, mode.value).set(counts.get((resource, mode.value), 0))
+
     def set_token_ttl(self, ttl: float | None) -> None:
         """Remaining Vault token TTL, -1 when unknown."""
         self.token_ttl.set(-1 if ttl is None else ttl)
+
+
+class _Factory:
+    """Declares metrics on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def gauge(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=self.registry)
+
+    def histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(name, doc, buckets=buckets, registry=self.registry)
 
 
 def target_labels(target: TargetSettings) -> tuple[str, str]:

@@ -97,11 +97,10 @@ class ProbeResult:
     """One sentence naming the host and the cause. Never holds a secret or a response body."""
     duration: float
     """Seconds the probe took, including retry back-off."""
-
-    @property
-    def indeterminate(self) -> bool:
-        """True when the probe could not decide (ERROR): the login is neither proven nor refuted."""
-        return self.outcome is Outcome.ERROR
+    challenge: Challenge | None = None
+    """The challenge ``GET /v2/`` answered with (None when it never got that far, or answered 200):
+    the canary pull checks reuse it, as docker's challenge manager reuses the ping's for every
+    repository of the host, so no per-image anonymous request is needed to learn it."""
 
 
 class InsecureRegistryError(ValueError):
@@ -116,6 +115,7 @@ class _Stop(Exception):
         self.outcome = outcome
         self.reason = reason
         self.detail = detail
+        self.challenge: Challenge | None = None
 
 
 ProbeStop = _Stop
@@ -258,7 +258,8 @@ class Prober:
             with deadline_scope(self._settings.deadline, cancelled) as deadline:
                 self._probe(host, credential, deadline)
         except _Stop as stop:
-            result = ProbeResult(stop.outcome, stop.reason, stop.detail, self._clock() - start)
+            result = ProbeResult(stop.outcome, stop.reason, stop.detail, self._clock() - start,
+                                 stop.challenge)
         else:  # pragma: no cover - _probe always ends with _Stop
             raise AssertionError("probe ended without a verdict")
         log.debug("probe %s: %s (%s) in %.3fs", _safe_key(host), result.outcome, result.reason,
@@ -307,9 +308,13 @@ class Prober:
                 raise _Stop(Outcome.ERROR, f"http_{status}",
                             f"{name} answered HTTP {status} to GET /v2/; is it a registry?")
             challenge = self._pick_challenge(name, _challenge_lines(anonymous))
-            if challenge.scheme == "basic":
-                self._basic(name, ping, credential, anonymous, deadline)
-            self._bearer(name, ping, challenge, credential, anonymous, deadline)
+            try:
+                if challenge.scheme == "basic":
+                    self._basic(name, ping, credential, anonymous, deadline)
+                self._bearer(name, ping, challenge, credential, anonymous, deadline)
+            except _Stop as stop:
+                stop.challenge = challenge
+                raise
 
     def _pick_challenge(self, name: str, lines: list[str]) -> Challenge:
         """Bearer first, then Basic: the order of docker's authorizer handlers."""

@@ -127,6 +127,8 @@ class TargetReport:
     stale: list[str] = field(default_factory=list)
     """Formerly managed hosts no longer configured, kept because prune = false."""
     dry_run: bool = False
+    emits_events: bool = True
+    """The target's store can name it in an Event (``TargetStore.emits_events``: not a file)."""
     annotation_ignored: int = 0
     """Invalid items ignored in the managed-hosts annotation (someone edited it)."""
 
@@ -167,8 +169,6 @@ class Summary:
     targets: list[TargetReport]
     duration: float = 0.0
     dry_run: bool = False
-    started_at: float = 0.0
-    """Wall-clock start (epoch seconds)."""
 
     @property
     def ok(self) -> bool:
@@ -211,7 +211,7 @@ def events_for(summary: Summary) -> list[EventSpec]:
     specs = []
     for t in summary.targets:
         ns, name = t.target.namespace, t.target.name
-        if (t.target.namespace_selector and not ns) or t.target.file:
+        if not (t.target.concrete and t.emits_events):
             continue  # the namespace LIST failed, or a file target: no object to attach an Event to
         changed = [c.describe() for c in t.changes if c.change is not Change.UNCHANGED
                    and c.host not in t.drift]

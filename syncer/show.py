@@ -125,7 +125,7 @@ class Inspector:
         view.last_write = snapshot.annotations.get(LAST_WRITE, "")
         view.rollback_available = snapshot.previous is not None and snapshot.previous != snapshot.payload
         view.other_keys = sorted(k for k in doc if k != "auths")
-        hosts = self.settings.hosts_for(target) if (target.namespace or target.file) else ()
+        hosts = self.settings.hosts_for(target) if target.concrete else ()
         for key, entry in sorted(doc["auths"].items()):
             credential = dockerconfig.entry_credential(entry)
             is_managed = any(dockerconfig.normalize_key(h) == dockerconfig.normalize_key(key)

@@ -135,7 +135,6 @@ class Syncer:
     def run_once(self, scope: Scope | None = None) -> Summary:
         """One full cycle, or with ``scope`` the same path for a subset only (a Vault change, a
         repaired secret). Never raises for per-registry or per-target failures."""
-        started = self.clock()
         wall = time.monotonic()
         self._deadline = wall + self.settings.schedule.run_timeout
         registries = self.settings.registries if scope is None else scope.registries_to_read(self.settings)
@@ -156,7 +155,8 @@ class Syncer:
                     only=None if scope is None else scope.hosts(self.settings, t)), resolved)
             else:
                 target_reports = [TargetReport(t, TargetOutcome.SKIPPED,
-                                               "no registry credentials could be read")
+                                               "no registry credentials could be read",
+                                               emits_events=self.targets.of(t).emits_events)
                                   for t in self.settings.targets
                                   if scope is None or scope.selects(self.settings, t)]
         for target in target_reports:
@@ -165,7 +165,7 @@ class Syncer:
                 if rotated and target.writes:
                     reports[change.host].rotated_targets += 1
         summary = Summary(list(reports.values()), target_reports, time.monotonic() - wall,
-                          self.store.dry_run, started)
+                          self.store.dry_run)
         if scope is None:
             log.info("%s", summary.one_line())
         else:
@@ -201,39 +201,6 @@ class Syncer:
                                        TargetOutcome.FAILED, exc.kind.value,
                                        f"cannot list namespaces: {exc}")
                           for target, exc in failed]
-
-    def _link_accounts(self, target: TargetSettings, report: TargetReport) -> TargetReport:
-        """Make every listed ServiceAccount reference the secret: append only, never reorder or
-        drop, conditional on the version read (re-read and retry after a 409)."""
-        for name in target.service_accounts:
-            for _attempt in range(self.settings.sync.conflict_retries + 1):
-                try:
-                    account = self.fanout.read_account(target.namespace, name)
-                    if account is None:
-                        return _target_fail(report, TargetOutcome.FAILED, "serviceaccount_missing",
-                                            f"serviceaccount {name} does not exist (yet); "
-                                            "imagePullSecrets not updated")
-                    if account.references(target.name):
-                        break
-                    if stop := self._stop_reason():
-                        return _skip(report, stop)
-                    self.fanout.add_reference(account, target.name)
-                except TargetError as exc:
-                    if exc.kind is not TargetErrorKind.CONFLICT:
-                        log.error("target %s: %s", target.ref, exc)
-                        return _target_fail(report, TargetOutcome.FAILED, "serviceaccount", str(exc))
-                    report.conflicts += 1
-                    log.info("serviceaccount %s/%s changed while linking; re-reading",
-                             target.namespace, name)
-                    continue
-                report.linked_accounts.append(name)
-                log.info("serviceaccount %s/%s: added %s to imagePullSecrets",
-                         target.namespace, name, target.name)
-                break
-            else:
-                return _target_fail(report, TargetOutcome.FAILED, "conflict",
-                                    f"serviceaccount {name} still conflicting after retries")
-        return report
 
     # ------------------------------------------------------------------ vault
 
@@ -306,6 +273,9 @@ class Syncer:
             report.outcome, report.reason = RegistryOutcome.UNVERIFIED, "unverified"
             report.detail = "registry accepts anonymous access; credentials could not be verified"
             log.warning("registry %s: %s", host, report.detail)
+            if record_pulls(report, report.pulls):  # manifests refuse it although /v2/ is open
+                log.error("registry %s: %s", host, safe(report.detail, DETAIL_LIMIT))
+                return self.settings.probe.verify_before_write
         elif result.outcome is Outcome.REJECTED:
             _fail(report, "probe", "rejected", f"registry rejected the credentials from Vault "
                   f"({result.detail}); old entries kept")
@@ -327,16 +297,19 @@ class Syncer:
     def _verify(self, prober: Prober, host: str, credential: Credential) -> Verified:
         """The login probe and, once the login is proven, the canary pull checks."""
         result = prober.probe(host, credential, self.should_stop)
-        if result.outcome is not Outcome.OK or self.pulls is None:
+        # An open registry (unverified login) still tells a stale canary from a public one.
+        if result.outcome not in (Outcome.OK, Outcome.UNVERIFIED) or self.pulls is None:
             return result, ()
-        return result, self.pulls.check(host, credential, self._images.get(host, ()), self.should_stop)
+        return result, self.pulls.check(host, credential, self._images.get(host, ()), self.should_stop,
+                                        result.challenge)
 
     # ------------------------------------------------------------------ targets
 
     def _sync_target(self, target: TargetSettings, usable: Mapping[str, VersionedCredential],
                      listed: Mapping[str, Listed], *,
                      only: frozenset[str] | None = None) -> TargetReport:
-        report = TargetReport(target, dry_run=self.store.dry_run)
+        store = self.targets.of(target)
+        report = TargetReport(target, dry_run=self.store.dry_run, emits_events=store.emits_events)
         # A scoped run merges only ``only``; the target's other entries stay as they are.
         hosts = [h for h in self.settings.hosts_for(target) if only is None or h in only]
         wanted = {h: usable[h] for h in hosts if h in usable}
@@ -347,10 +320,11 @@ class Syncer:
         first: Listed | _Unread = listed.get(target.ref, UNREAD)
         for _attempt in range(self.settings.sync.conflict_retries + 1):
             try:
-                self._attempt(self.targets.of(target), target, wanted, report, first)
+                self._attempt(store, target, wanted, report, first)
                 if target.service_accounts and report.outcome in (
                         TargetOutcome.UNCHANGED, TargetOutcome.UPDATED, TargetOutcome.CREATED):
-                    return self._link_accounts(target, report)
+                    return _link_accounts(self.fanout, target, report,
+                                          self.settings.sync.conflict_retries, self._stop_reason)
                 return report
             except TargetError as exc:
                 if exc.kind not in (TargetErrorKind.CONFLICT, TargetErrorKind.ALREADY_EXISTS):
@@ -407,6 +381,42 @@ class Syncer:
         report.writes += 0 if store.dry_run else 1
         log.info("%s", report.line())
         return report
+
+
+def _link_accounts(fanout: FanOut, target: TargetSettings, report: TargetReport, retries: int,
+                   stop_reason: Callable[[], str]) -> TargetReport:
+    """Make every listed ServiceAccount reference the secret: append only, never reorder or
+    drop, conditional on the version read (re-read and retry after a 409)."""
+    for name in target.service_accounts:
+        for _attempt in range(retries + 1):
+            try:
+                account = fanout.read_account(target.namespace, name)
+                if account is None:
+                    return _target_fail(report, TargetOutcome.FAILED, "serviceaccount_missing",
+                                        f"serviceaccount {name} does not exist (yet); "
+                                        "imagePullSecrets not updated")
+                if account.references(target.name):
+                    break
+                if stop := stop_reason():
+                    return _skip(report, stop)
+                fanout.add_reference(account, target.name)
+            except TargetError as exc:
+                if exc.kind is not TargetErrorKind.CONFLICT:
+                    log.error("target %s: %s", target.ref, exc)
+                    return _target_fail(report, TargetOutcome.FAILED, "serviceaccount", str(exc))
+                report.conflicts += 1
+                log.info("serviceaccount %s/%s changed while linking; re-reading",
+                         target.namespace, name)
+                continue
+            report.linked_accounts.append(name)
+            log.info("serviceaccount %s/%s: added %s to imagePullSecrets",
+                     target.namespace, name, target.name)
+            break
+        else:
+            return _target_fail(report, TargetOutcome.FAILED, "conflict",
+                                f"serviceaccount {name} still conflicting after retries")
+    return report
+
 
 def _write(store: TargetStore[Any], target: TargetSettings, snapshot: Snapshot | None,
            payload: bytes, annotations: Mapping[str, str], content_changed: bool) -> None:

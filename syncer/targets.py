@@ -80,6 +80,10 @@ class TargetStore(Protocol[S]):
     def dry_run(self) -> bool:
         """True when nothing is written."""
 
+    @property
+    def emits_events(self) -> bool:
+        """True when a target is an API object that Events can name (a Secret; a file is not)."""
+
     def read_target(self, target: TargetSettings) -> S | None:
         """The target as it is now, or None when it does not exist."""
 
@@ -110,6 +114,12 @@ class TargetStores:
     def of(self, target: TargetSettings) -> TargetStore[Any]:
         """The store that holds ``target``."""
         return self.files if target.file else self.secrets
+
+    def split(self, targets: Iterable[TargetSettings]) -> tuple[list[TargetSettings], list[TargetSettings]]:
+        """``targets`` as (those the Secret store holds, those the file store holds)."""
+        chosen = list(targets)
+        return ([t for t in chosen if self.of(t) is self.secrets],
+                [t for t in chosen if self.of(t) is self.files])
 
     def prefetch(self, targets: Sequence[TargetSettings], *,
                  lists: bool = True) -> dict[str, Snapshot | TargetError | None]:

@@ -18,18 +18,17 @@ import hashlib
 import hmac
 import json
 import secrets
-import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Unpack
 
 import hvac
 import hvac.adapters
 
 from syncer.config import RegistrySettings, VaultSettings
 from syncer.credential import Credential, VersionedCredential
-from syncer.secretfiles import load_ca, read_secret_file
+from syncer.secretfiles import load_ca
 from syncer.vault_errors import VaultError, VaultErrorKind
-from syncer.vault_token import FORBIDDEN_RELOGIN_INTERVAL, TokenSession
+from syncer.vault_token import FORBIDDEN_RELOGIN_INTERVAL, SessionOptions, TokenSession
 from syncer.vault_ttl import EXPIRY_MARGIN, RENEW_FRACTION
 
 __all__ = [
@@ -77,16 +76,11 @@ def make_client(settings: VaultSettings) -> hvac.Client:
 class VaultSource:
     """Reads registry credentials from one Vault KV mount with one login per process."""
 
-    def __init__(
-        self,
-        client: hvac.Client,
-        settings: VaultSettings,
-        read_file: Callable[[str], str] = read_secret_file,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, client: hvac.Client, settings: VaultSettings,
+                 **session: Unpack[SessionOptions]) -> None:
         self._client = client
         self._settings = settings
-        self.session = TokenSession(client, settings, read_file, clock)
+        self.session = TokenSession(client, settings, **session)
         """The token's life: login, renewal, re-login, revoke."""
         self._errors = self.session.translator
         self._digest_key = secrets.token_bytes(32)

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import hvac
 
@@ -34,6 +34,15 @@ login storms when a path is genuinely denied."""
 
 _REDACTED = "<redacted>"
 _TOKEN_PATH = "auth/token"
+
+
+class SessionOptions(TypedDict, total=False):
+    """What a ``VaultSource`` passes on to its ``TokenSession`` (the defaults are the session's)."""
+
+    read_file: Callable[[str], str]
+    """Reads a credential file (tests hand in their own)."""
+    clock: Callable[[], float]
+    """Monotonic seconds, for renewal and re-login timing."""
 
 
 class TokenSession:

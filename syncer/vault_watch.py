@@ -38,7 +38,6 @@ class VersionWatcher:
         self._markers: dict[str, str] = {}
         self._warned: dict[str, str] = {}
         """Path -> error kind already logged (one warning per path until it recovers)."""
-        self.polls = 0
 
     def reset(self) -> None:
         """Forget what was seen (leadership lost: the next leader's full cycle starts afresh)."""
@@ -46,7 +45,6 @@ class VersionWatcher:
 
     def poll(self, registries: Sequence[RegistrySettings]) -> list[str]:
         """One poll over ``registries``; returns (and submits) the hosts that changed."""
-        self.polls += 1
         hosts_by_path: dict[str, list[str]] = {}
         for registry in registries:
             hosts_by_path.setdefault(registry.path, []).append(registry.host)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -44,6 +45,13 @@ class Submitter(Protocol):
     def submit_full(self, reason: str) -> None: ...
 
 
+class WatchMetrics(WatchObserver, Protocol):
+    """Where events, restarts and modes are counted (``metrics.Metrics``)."""
+
+    def watch_modes(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Watches by (resource, mode)."""
+
+
 class Watching:
     """The watches of the configured targets, their caches, and the bridge to the reactor."""
 
@@ -55,7 +63,7 @@ class Watching:
         self.sync_wait = sync_wait
         self._options = reflector_options
         self._reactor: Submitter | None = None
-        self._observer: WatchObserver | None = None
+        self._observer: WatchMetrics | None = None
         self._lock = threading.Lock()
         self._watches: TargetWatches | None = None
         self._stopped = threading.Event()
@@ -66,7 +74,7 @@ class Watching:
 
     # ---- lifecycle (the daemon) --------------------------------------------------------------
 
-    def connect(self, reactor: Submitter, observer: WatchObserver | None = None) -> None:
+    def connect(self, reactor: Submitter, observer: WatchMetrics | None = None) -> None:
         """Where changes go (before ``start``); ``observer`` counts events and restarts."""
         self._reactor, self._observer = reactor, observer
 
@@ -82,6 +90,7 @@ class Watching:
             self._watches = watches
         self._stopped.clear()
         self.ready.clear()
+        self._report_modes()
         watches.start()
         threading.Thread(target=self._arm, args=(watches, bridge), name="watch-arm",
                          daemon=True).start()
@@ -93,6 +102,7 @@ class Watching:
             watches, self._watches = self._watches, None
         if watches is not None:
             watches.stop(timeout)
+        self._report_modes()
 
     def reconfigure(self, targets: Sequence[TargetSettings]) -> None:
         """Watch a reloaded configuration's targets (their reads GET until the new lists arrive)."""
@@ -122,8 +132,17 @@ class Watching:
     def _mode_changed(self, spec: WatchSpec, mode: WatchMode, reason: str) -> None:
         """A watch that opens again after polling missed changes it cannot attribute."""
         before, self._seen[spec.ref] = self._seen.get(spec.ref), mode
+        self._report_modes()
         if mode is WatchMode.WATCHING and before is WatchMode.POLLING and self._reactor is not None:
             self._reactor.submit_full(f"watch {spec.ref} resumed")
+
+    def _report_modes(self) -> None:
+        """``syncer_watches{resource,mode}``: the watches of each resource in each mode."""
+        if self._observer is None:
+            return
+        watches = self._watches
+        informers = [] if watches is None else watches.informers
+        self._observer.watch_modes(Counter((i.spec.resource, i.mode.value) for i in informers))
 
     # ---- the cache (kube.WatchCache) ----------------------------------------------------------
 

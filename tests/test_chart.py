@@ -121,12 +121,17 @@ def needed_rules(settings: config_mod.Settings, kind: str) -> set[tuple[str, str
         for verb in verbs:
             names.setdefault((ns, group, resource, verb), set()).add(name)
 
+    watch = settings.kubernetes.watch and kind == "Deployment"  # a CronJob runs --once: no watches
     for t in settings.targets:
         if t.file:
             continue
         ns = t.namespace or "*"
         bind(ns, "secrets", ("get", "patch") + (("list",) if ns == "*" and settings.kubernetes.list_secrets
                                                 else ()), t.name)
+        if watch:  # list-then-watch, name-bound by the fieldSelector
+            bind(ns, "secrets", ("list", "watch"), t.name)
+            if ns == "*":
+                unbound.add(("*", "", "namespaces", "watch"))
         for account in t.service_accounts:
             bind(ns, "serviceaccounts", ("get", "patch"), account)
         if t.create:
@@ -824,3 +829,14 @@ def test_render_manifests_out_writes_your_values_and_checks_them(tmp_path: Path)
     drifted = subprocess.run([*script, "--out", str(out), "--check"], capture_output=True, text=True,
                              timeout=120)
     assert drifted.returncode == 1 and "replicas: 5" in drifted.stderr and "make manifests" in drifted.stderr
+
+
+@pytest.mark.parametrize("mode", ["default", "fanout"])
+def test_watch_false_drops_the_watch_verbs(mode: str) -> None:
+    """``kubernetes.watch: false``: polling only, so no list/watch beyond what list_secrets needs."""
+    objects = template(mode, "config.kubernetes.watch=false")
+    settings = settings_of(objects)
+    assert not settings.kubernetes.watch
+    granted = granted_rules(chart_rules(objects))
+    assert granted == needed_rules(settings, workload_of(objects)["kind"])
+    assert not [g for g in granted if g[3] == "watch"]

@@ -12,7 +12,8 @@ from tests.support.operator import NAME, NS, domino_secret, run_cmd, vault_state
 from tests.support.world import SYNCER_TOKEN, World, sentinel
 
 SECRET_RULES = [
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch", "create"], "namespaces": [NS]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch", "create", "list", "watch"],
+     "namespaces": [NS]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"], "namespaces": [NS]},
 ]
 
@@ -61,7 +62,8 @@ def test_healthy_setup_passes_every_check(world: World, ngc: dict[str, Any]) -> 
     assert all(line.startswith("OK ") for line in lines[:-1]), result.out
     assert lines[-1].startswith("check: all checks passed")
     # 2 targets x (2 or 3 secret verbs + 2 event verbs) reviews, one read per target, no writes at all
-    assert world.kube.count(verb="create", resource="selfsubjectaccessreviews") == 2 * 9
+    # + list and watch per target for target.watch (2 targets, both runs)
+    assert world.kube.count(verb="create", resource="selfsubjectaccessreviews") == 2 * 9 + 2 * 2 * 2
     assert world.kube.count(verb="get", resource="secrets") == 4
 
 
@@ -169,3 +171,33 @@ def test_list_secrets_needs_a_named_cluster_wide_grant(world: World, ngc: dict[s
                                                  "verbs": ["list"], "resourceNames": [NAME]}])
     result, checks = checked(world, config)
     assert result.code == 0 and checks[name]["status"] == "OK", result.out
+
+
+def test_watch_mode_per_target_from_access_reviews(world: World, ngc: dict[str, Any]) -> None:
+    """``target.watch NS/NAME``: "watch" when list and watch are granted with the name, else
+    "poll (denied: ...)" as a warning (the daemon falls back to polling that target)."""
+    domino_secret(world)
+    world.kube.add_namespace("ml-a", {"fanout": "yes"})
+    targets = [{"namespace": NS, "name": NAME},
+               {"namespace_selector": "fanout=yes", "name": "fan", "create": True}]
+    named = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"],
+             "resourceNames": [NAME], "namespaces": [NS]}
+    rules = [*SECRET_RULES, named,
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
+              "resourceNames": ["fan"]},
+             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list"]},
+             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+             {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]
+    world.kube.set_rules(SYNCER_TOKEN, rules)
+    config = world.config([ngc], targets, kubernetes={"list_secrets": False})
+    result, checks = checked(world, config)
+    assert result.code == 0, result.out
+    assert checks[f"target.watch {NS}/{NAME}"]["status"] == "OK"
+    assert checks[f"target.watch {NS}/{NAME}"]["reason"] == "watch"
+    fan = checks["target.watch */fan"]
+    assert fan["status"] == "WARN"
+    assert fan["reason"] == "poll (denied: list secrets/fan, watch secrets/fan, watch namespaces)"
+    assert "WARN  target.watch */fan: poll (denied:" in result.out
+    off = world.config([ngc], targets, kubernetes={"list_secrets": False, "watch": False})
+    _, checks = checked(world, off)
+    assert checks[f"target.watch {NS}/{NAME}"]["reason"] == "poll (kubernetes.watch = false)"

@@ -62,7 +62,8 @@ CONFIG_KEY = "config.toml"
 DOMINO_NS, DOMINO_SECRET = "domino-compute", "domino-quay-repos"
 ALERTS = ("RegistryCredentialSyncFailing", "RegistryLoginRejected", "RegistryCanaryPullDenied",
           "RegistryCredentialSyncStale",
-          "RegistryCredentialSyncerDown", "VaultTokenExpiringSoon", "RegistryCredentialPropagationSlow")
+          "RegistryCredentialSyncerDown", "VaultTokenExpiringSoon", "RegistryCredentialPropagationSlow",
+          "RegistryCredentialWatchFailing")
 #: Series Prometheus itself adds to every scrape target; not exported by the syncer.
 PROMETHEUS_SYNTHETIC = {"up"}
 
@@ -279,10 +280,13 @@ def test_rbac_grants_exactly_what_the_config_needs(name: str) -> None:
     workload = workload_of(objects)
     want: set[tuple[str, str, str, str]] = set()
     names: dict[tuple[str, str, str], set[str]] = {}
+    # The Deployment's informers list and watch each target by name; a CronJob (--once) never does.
+    bound = ("get", "patch", *(("list", "watch") if settings.kubernetes.watch
+                               and workload["kind"] == "Deployment" else ()))
     for target in settings.targets:
-        want |= {(target.namespace, "", "secrets", "get"), (target.namespace, "", "secrets", "patch")}
-        names.setdefault((target.namespace, "secrets", "get"), set()).add(target.name)
-        names.setdefault((target.namespace, "secrets", "patch"), set()).add(target.name)
+        for verb in bound:
+            want.add((target.namespace, "", "secrets", verb))
+            names.setdefault((target.namespace, "secrets", verb), set()).add(target.name)
         if target.create:
             want.add((target.namespace, "", "secrets", "create"))
         if settings.kubernetes.events:
@@ -352,6 +356,9 @@ def test_fanout_cluster_role_is_limited_to_the_fanout_names() -> None:
             ("secrets", "get"): {t.name for t in fanout}, ("secrets", "patch"): {t.name for t in fanout}}
     if settings.kubernetes.list_secrets:  # RBAC binds a list to names via fieldSelector=metadata.name
         want[("secrets", "list")] = {t.name for t in fanout}
+    if settings.kubernetes.watch:  # the informers: one list-then-watch per name, one per selector
+        names = {t.name for t in fanout}
+        want |= {("secrets", "list"): names, ("secrets", "watch"): names, ("namespaces", "watch"): set()}
     if any(t.create for t in fanout):
         want[("secrets", "create")] = set()
     if accounts:
@@ -755,6 +762,9 @@ def running_daemon(domino_world: dict[str, Any]) -> Iterator[tuple[dict[str, Any
     settings = config_mod.load(write_config(world, data), domino_world["env"])
     app = build_app(settings, domino_world["env"], dry_run=False, daemon=True)
     daemon, registry = make_daemon(app)
+    # Reads come from the watches' cache; one 409 makes the daemon re-read with the granted GET.
+    world.kube.add_fault(lambda r: r.verb == "patch" and r.resource == "secrets", status=409,
+                         reason="Conflict")
     server = make_server("127.0.0.1", 0, registry, daemon.health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     daemon.start()
@@ -775,7 +785,10 @@ def test_daemon_uses_every_granted_verb_and_no_other(running_daemon: tuple[dict[
     def used() -> set[tuple[str, str, str, str]]:
         return {(r.namespace, r.api_group, r.resource, r.verb) for r in syncer_requests(kube)}
 
-    wait(lambda: used() >= want, timeout=15, what="the daemon to use every granted verb")
+    try:
+        wait(lambda: used() >= want, timeout=15, what="the daemon to use every granted verb")
+    except AssertionError:
+        raise AssertionError(f"never used: {sorted(want - used())}") from None
     assert used() == want
     assert [r for r in syncer_requests(kube) if r.status == 403] == []
     doc = world.secret_doc(DOMINO_NS, DOMINO_SECRET)
@@ -956,6 +969,20 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
         for le in ("2", "60", "300", "+Inf")]],
      [quiet("RegistryCredentialPropagationSlow", "5m"),
       fires("RegistryCredentialPropagationSlow", "20m")]),
+    ("watches: a polling pod fires after 15m, one restarting every minute (stalled) too; normal "
+     "ends (closed) and a brief fallback never do",
+     [series("syncer_watches", "1x40", pod="polling", resource="secrets", mode="polling"),
+      series("syncer_watch_restarts_total", "0+1x40", pod="polling", resource="secrets", reason="forbidden"),
+      series("syncer_watch_restarts_total", "0+1x40", pod="stalling", resource="secrets", reason="stalled"),
+      series("syncer_watches", "0x40", pod="stalling", resource="secrets", mode="polling"),
+      series("syncer_watch_restarts_total", "0+2x40", pod="healthy", resource="secrets", reason="closed"),
+      series("syncer_watches", "0x40", pod="healthy", resource="secrets", mode="polling"),
+      series("syncer_watches", "0x5 1x5 0x30", pod="blip", resource="namespaces", mode="polling")],
+     [quiet("RegistryCredentialWatchFailing", "10m"),
+      {"eval_time": "35m", "alertname": "RegistryCredentialWatchFailing", "exp_alerts": [
+          {"exp_labels": {"job": "registry-credential-syncer", "namespace": "registry-syncer", "pod": pod,
+                          "severity": severity("RegistryCredentialWatchFailing")}}
+          for pod in ("polling", "stalling")]}]),
 ]
 
 

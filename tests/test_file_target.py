@@ -120,12 +120,14 @@ def test_rollback_of_a_file_target(world: World, ngc: dict[str, Any], htpasswd_r
 
 WRITER = """
 import sys
-from syncer.filetarget import atomic_write
+import os
+from syncer import safefs
 path, a, b = sys.argv[1], open(sys.argv[2], "rb").read(), open(sys.argv[3], "rb").read()
+dir_fd = safefs.open_dir(os.path.dirname(path))
 print("ready", flush=True)
 i = 0
 while True:
-    atomic_write(path, (a, b)[i % 2])
+    safefs.replace(dir_fd, os.path.basename(path), (a, b)[i % 2])
     i += 1
 """
 

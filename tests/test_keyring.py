@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncer.keyring import index_key, lookup, matches, repository_of
+from syncer.keyring import index_key, lookup, lookup_sources, matches, repository_of
 
 # (key as the index holds it, looked-up repository, match?)
 MATCH_CASES = [
@@ -120,3 +120,13 @@ def test_repository_of_normalises_like_kubelet(image: str, repository: str) -> N
 def test_repository_of_refuses_what_is_not_a_reference(image: str) -> None:
     with pytest.raises(ValueError):
         repository_of(image)
+
+
+def test_lookup_sources_merges_secrets_into_one_keyring() -> None:
+    """Kubelet's secretsToTrackedDockerConfigs: one keyring over every pull secret, in order."""
+    sources = [("a", ["quay.io", "index.docker.io"]), ("b", ["quay.io/team", "https://quay.io/v2/"]),
+               ("c", ["quay.io"])]
+    assert lookup_sources(sources, "quay.io/team/app") == [
+        ("b", "quay.io/team"), ("a", "quay.io"), ("b", "https://quay.io/v2/"), ("c", "quay.io")]
+    assert lookup_sources(sources, "docker.io/library/ubuntu") == [("a", "index.docker.io")]
+    assert lookup_sources(sources, "nvcr.io/nvidia/pytorch") == []

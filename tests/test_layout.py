@@ -1,13 +1,17 @@
 """The package layout stays documented and tested: README's module map names every module of
 ``syncer/`` exactly once, in the layer order import-linter enforces (pyproject.toml), and every
 module has a test module of its own (or a named one that exercises it through real servers).
+Modules, classes and functions stay under issue #12's size limits (``scripts/sizes.py`` lists them).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 import tomllib
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "syncer"
@@ -87,3 +91,29 @@ def test_every_module_has_a_test_module() -> None:
                if not any(t == f"test_{m}" or t.startswith(f"test_{m}_") for t in tests)
                and COVERED_BY.get(m) not in tests]
     assert not missing, f"syncer modules without a test module: {missing}"
+
+
+def _sizes() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sizes", ROOT / "scripts" / "sizes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("sizes", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_modules_classes_and_functions_stay_under_the_size_limits() -> None:
+    """No module over 600 lines, no class over 300, no function over 50 (split by concern)."""
+    sizes = _sizes()
+    units = sizes.measure(PACKAGE)
+    assert {u.name for u in units if u.kind == "module"} == modules() | {"__init__", "__main__"}
+    assert any(u.name == "metrics.Metrics.__init__" for u in units), "functions are measured"
+    over = [f"{u.kind} {u.name}: {u.lines} lines" for u in sizes.over_limits(units)]
+    assert not over, f"over the size limits (see scripts/sizes.py): {over}"
+
+
+def test_architecture_doc_links_point_at_modules_that_exist() -> None:
+    """docs/architecture.md links modules by path; a rename must update it."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    linked = set(re.findall(r"\(\.\./syncer/([a-z_]+)\.py\)", text))
+    assert linked and linked <= modules(), f"no such module: {sorted(linked - modules())}"

@@ -33,11 +33,13 @@ SYNCER_USER = "system:serviceaccount:syncer:syncer"
 
 
 def minimal_rules(settings: Settings) -> list[dict[str, Any]]:
-    """What the code needs, per namespace: get/patch on the named secrets, create only for
-    create = true targets, Events create/patch, and the Lease when leader election is on."""
+    """What the code needs, per namespace: get/patch on the named secrets (and list/watch, bound
+    to the name by the watch's fieldSelector, with kubernetes.watch), create only for create =
+    true targets, Events create/patch, and the Lease when leader election is on."""
     rules: list[dict[str, Any]] = []
+    verbs = ["get", "patch", *(["list", "watch"] if settings.kubernetes.watch else [])]
     for t in settings.targets:
-        rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "patch"],
+        rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": verbs,
                       "resourceNames": [t.name], "namespaces": [t.namespace]})
         if t.create:
             rules.append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"],
@@ -119,7 +121,8 @@ def test_minimal_rbac_and_read_only_vault_suffice_on_every_path(
     assert denied == [], f"the minimal rules were not enough: {denied}"
     used = {(r.verb, r.resource) for r in syncer_requests(world)}
     assert {("get", "secrets"), ("patch", "secrets"), ("create", "secrets"), ("create", "events"),
-            ("patch", "events"), ("create", "leases"), ("patch", "leases")} <= used, used
+            ("patch", "events"), ("create", "leases"), ("patch", "leases"), ("list", "secrets"),
+            ("watch", "secrets")} <= used, used
     assert world.secret_doc(NS, "pull")["auths"][htpasswd_registry.host]["password"] == key
     assert world.secret_doc(NS, "fresh")["auths"][htpasswd_registry.host]["password"] == key
 

@@ -196,7 +196,7 @@ def test_basic_ok(htpasswd_registry: Registry, prober: Prober, user: str) -> Non
     result = prober.probe(htpasswd_registry.host, Credential(user, DEFAULT_USERS[user]))
     assert (result.outcome, result.reason) == (Outcome.OK, "")
     assert htpasswd_registry.host in result.detail
-    assert not result.indeterminate
+    assert result.outcome is not Outcome.ERROR
 
 
 def test_basic_rejected_is_not_retried(
@@ -205,7 +205,7 @@ def test_basic_rejected_is_not_retried(
     before = htpasswd_registry.v2_requests()
     result = prober.probe(htpasswd_registry.host, WRONG)
     assert (result.outcome, result.reason) == (Outcome.REJECTED, "rejected")
-    assert not result.indeterminate
+    assert result.outcome is not Outcome.ERROR
     # One anonymous ping, one login: a wrong password is never retried (GitLab bans IPs).
     assert htpasswd_registry.v2_requests() - before == 2
     assert sleeps == []
@@ -231,7 +231,7 @@ def test_tls_error_without_ca_fixed_by_ca_cert(
 ) -> None:
     result = make_prober(ca_cert="").probe(htpasswd_registry.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "tls")
-    assert result.indeterminate
+    assert result.outcome is Outcome.ERROR
     assert "certificate verify failed" in result.detail
     assert sleeps == []  # a TLS failure will not heal by itself
     assert make_prober().probe(htpasswd_registry.host, ROBOT).outcome is Outcome.OK
@@ -428,7 +428,7 @@ def test_registry_without_auth_is_unverified(registry_fake_server: FakeFactory, 
     server = registry_fake_server(lambda _req: Reply.json(200, {}))
     result = prober.probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.UNVERIFIED, "unverified")
-    assert not result.indeterminate
+    assert result.outcome is not Outcome.ERROR
     assert authed(server) == 0 and len(server.requests) == 1
 
 
@@ -445,7 +445,7 @@ def test_timeout(
     server = registry_fake_server(lambda _req: Reply(200, delay=0.6))
     result = make_prober(timeout=0.15, retries=1).probe(server.host, ROBOT)
     assert (result.outcome, result.reason) == (Outcome.ERROR, "timeout")
-    assert result.indeterminate
+    assert result.outcome is Outcome.ERROR
     assert len(server.requests) == 2 and len(sleeps) == 1
 
 

@@ -206,7 +206,8 @@ def check_dashboard_variables(stack: Stack) -> None:
 EXPECTED_ALERTS = {"RegistryCredentialSyncFailing": True, "RegistryLoginRejected": True,
                    "RegistryCanaryPullDenied": False,  # the canary is pullable (htpasswd: any user)
                    "RegistryCredentialSyncStale": True, "RegistryCredentialSyncerDown": False,
-                   "VaultTokenExpiringSoon": False, "RegistryCredentialPropagationSlow": False}
+                   "VaultTokenExpiringSoon": False, "RegistryCredentialPropagationSlow": False,
+                   "RegistryCredentialWatchFailing": False}
 
 
 def check_alert_expressions(stack: Stack) -> None:

@@ -75,7 +75,7 @@ def test_no_events_in_dry_run_for_files_or_for_an_unexpanded_selector() -> None:
     rotated = {"outcome": TargetOutcome.UPDATED, "changes": [ROTATED], "writes": 1}
     assert events_for(Summary([], [TargetReport(TARGET, **rotated)], dry_run=True)) == []  # type: ignore[arg-type]
     others = [TargetReport(TargetSettings(namespace="", name="", file="/root/.docker/config.json"),
-                           TargetOutcome.FAILED, detail="x"),
+                           TargetOutcome.FAILED, detail="x", emits_events=False),  # as FileStore says
               TargetReport(TargetSettings(namespace="", name="pull", namespace_selector="team"),
                            TargetOutcome.FAILED, detail="namespace list failed")]
     assert events_for(Summary([], others)) == []

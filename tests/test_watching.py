@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from syncer import config as config_mod
 from syncer.cli import App, build_app, make_daemon
 from syncer.scheduler import Daemon
+from tests.support.net import free_port
 from tests.support.operator import NS
-from tests.support.world import SYNCER_TOKEN, World
+from tests.support.world import SYNCER_TOKEN, DaemonProcess, World, metric_value
 
 pytest_plugins = ["tests.support.operator_fixtures"]  # world, ngc
 A, FAN, SELECTOR = "pull-a", "pull-fan", "pull=yes"
@@ -36,13 +38,22 @@ def make_app(world: World, ngc: dict[str, Any], **sections: Any) -> App:
     return build_app(config_mod.load(config, {}), {}, dry_run=False, daemon=True)
 
 
+REGISTRIES: dict[int, CollectorRegistry] = {}
+"""The metrics registry of each daemon started, by id(daemon)."""
+
+
+def sample(daemon: Daemon, name: str, **labels: str) -> float | None:
+    return REGISTRIES[id(daemon)].get_sample_value(name, labels)
+
+
 @pytest.fixture
 def started(world: World) -> Iterator[Callable[[App], Daemon]]:
     """Start a daemon for an app; every one started is shut down afterwards."""
     daemons: list[Daemon] = []
 
     def start(app: App) -> Daemon:
-        daemon, _ = make_daemon(app)
+        daemon, registry = make_daemon(app)
+        REGISTRIES[id(daemon)] = registry
         daemons.append(daemon)
         daemon.start()
         return daemon
@@ -89,6 +100,8 @@ def test_reactions_repair_each_change_once_with_no_reads(world: World, ngc: dict
                what="the cache holds the start-up writes")
     world.kube.reset_requests()
 
+    assert sample(daemon, "syncer_watches", resource="secrets", mode="watching") == 2
+    assert sample(daemon, "syncer_watches", resource="namespaces", mode="watching") == 1
     summary = daemon.run_cycle()
     assert summary is not None and summary.ok
     assert secret_reads(world) == (0, 0), "a steady full cycle reads the informer cache only"
@@ -113,6 +126,8 @@ def test_reactions_repair_each_change_once_with_no_reads(world: World, ngc: dict
     # put_dockerconfig and delete_secret are the test's own (not requests): 3 writes, each once.
     assert world.kube.writes() == 3, "each change repaired by exactly one write"
     assert secret_reads(world) == (0, 0), "writes carried the cached resourceVersion: no re-read"
+    for reason in ("secret_deleted", "entry_drifted", "namespace_matched"):
+        assert sample(daemon, "syncer_repairs_total", reason=reason) == 1, reason
 
 
 def test_conflict_from_a_stale_cache_is_re_read_with_a_get(world: World, ngc: dict[str, Any],
@@ -173,6 +188,10 @@ def test_watch_forbidden_polls_with_one_warning_and_gets_continue(
     assert lists == 1, "the fan-out name with its LIST"
     warnings = [r for r in caplog.records if "falling back to polling" in r.getMessage()]
     assert len(warnings) == len(app.watching.modes()), "one warning per watch"
+    assert sample(daemon, "syncer_watches", resource="secrets", mode="polling") == 2
+    assert sample(daemon, "syncer_watches", resource="namespaces", mode="polling") == 1
+    assert sample(daemon, "syncer_watches", resource="secrets", mode="watching") == 0
+    assert (sample(daemon, "syncer_watch_restarts_total", resource="secrets", reason="forbidden") or 0) >= 2
 
 
 def test_only_the_leader_acts_and_a_new_leader_starts_warm(
@@ -232,3 +251,56 @@ def test_once_never_watches(world: World, ngc: dict[str, Any]) -> None:
     config = world.config([ngc], targets(ngc))
     assert world.run(config).code == 0
     assert world.kube.count(verb="watch") == 0
+
+
+def test_dropped_and_compacted_watch_still_repairs_once(world: World, ngc: dict[str, Any],
+                                                        started: Callable[[App], Daemon]) -> None:
+    """The stream is cut and the delete compacted away: the reflector relists (410) and the
+    relist's DELETED is attributed to the target like a watch event."""
+    app = make_app(world, ngc, targets=[targets(ngc)[0]])
+    daemon = started(app)
+    ready(app, daemon)
+    world.kube.reset_requests()
+    world.kube.watches.drop()
+    world.kube.delete_secret(NS, A)
+    world.kube.store.compact()
+    took = eventually(lambda: world.kube.get_secret(NS, A) is not None, what="restored after the relist")
+    assert took < REACT_WITHIN
+    time.sleep(0.5)
+    assert world.kube.writes() == 1
+
+
+def test_reload_watches_the_new_targets(world: World, ngc: dict[str, Any],
+                                        started: Callable[[App], Daemon]) -> None:
+    app = make_app(world, ngc, targets=[targets(ngc)[0]])
+    daemon = started(app)
+    ready(app, daemon)
+    extra = {"namespace": NS, "name": "pull-b", "registries": [ngc["host"]], "create": True}
+    reloaded = config_mod.load(world.config([ngc], [targets(ngc)[0], extra],
+                                            schedule={"interval": "1h", "jitter": "0s"}), {})
+    daemon.reconfigure(reloaded)
+    ready(app, daemon, runs=2)
+    assert world.kube.get_secret(NS, "pull-b") is not None
+    assert app.watching is not None
+    assert app.watching.modes()[f"secrets[{NS}](metadata.name=pull-b)"] == "watching"
+    world.kube.delete_secret(NS, "pull-b")
+    took = eventually(lambda: world.kube.get_secret(NS, "pull-b") is not None, what="new target repaired")
+    assert took < REACT_WITHIN
+
+
+def test_sigterm_closes_the_watches_of_a_daemon_process_at_once(world: World, ngc: dict[str, Any]) -> None:
+    port = free_port()
+    world.kube.add_namespace("ml-a", {"pull": "yes"})
+    config = world.config([ngc], targets(ngc), schedule={"interval": "1h", "jitter": "0s"},
+                          metrics={"listen": f"127.0.0.1:{port}"})
+    daemon = DaemonProcess(world, config, port)
+    try:
+        daemon.wait_for(lambda: world.kube.watches.open_count() == 3, what="three watches open")
+        daemon.wait_for(lambda: metric_value(daemon.get("/metrics")[1], "syncer_watches",
+                                             resource="secrets", mode="watching") == 2, what="watching")
+        t0 = time.monotonic()
+    finally:
+        code = daemon.stop(timeout=5)
+    assert code == 0
+    assert time.monotonic() - t0 < 2.0, "SIGTERM ends the process without waiting for the watches"
+    eventually(lambda: world.kube.watches.open_count() == 0, timeout=1.0, what="streams closed")

@@ -70,13 +70,13 @@ def build_layout(root: Path, tag: str, content: bytes) -> Layout:
     return Layout(root, tag, digest)
 
 
-def push(layout: Layout, host: str, repository: str, creds: tuple[str, str], cert_dir: Path,
+def push(layout: Layout, host: str, repository: str, creds: tuple[str, str] | None, cert_dir: Path,
          tag: str = "") -> None:
     """``skopeo copy`` the layout to ``host/repository:tag`` (default: the layout's tag) over TLS
-    trusting ``cert_dir/ca.crt``."""
-    user, password = creds
+    trusting ``cert_dir/ca.crt``; ``creds`` None pushes anonymously (a registry without auth)."""
+    login = ["--dest-creds", f"{creds[0]}:{creds[1]}"] if creds else ["--dest-no-creds"]
     cmd = [SKOPEO, "--insecure-policy", "copy", "--quiet", "--preserve-digests",
-           "--dest-cert-dir", str(cert_dir), "--dest-creds", f"{user}:{password}",
+           "--dest-cert-dir", str(cert_dir), *login,
            f"oci:{layout.path}:{layout.tag}", f"docker://{host}/{repository}:{tag or layout.tag}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:

@@ -24,6 +24,7 @@ __all__ = [
     "registry_fake_server",
     "htpasswd_registry",
     "htpasswd_registry_server",
+    "open_registry",
     "plain_registry",
     "probe_settings",
     "token_registry",
@@ -144,3 +145,15 @@ def canary_images(token_registry_server: TokenRegistry, htpasswd_registry_server
     # The canary of the shipped Domino examples, for the tests that run them as deployed.
     push(layout, htpasswd_registry_server.host, "nvidia/pytorch", robot, certs, tag="24.01-py3")
     return layout
+
+
+@pytest.fixture(scope="session")
+def open_registry(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A TLS registry with no auth at all (an internal mirror: anyone may pull and push), with
+    ``team/app:v1`` pushed anonymously by skopeo."""
+    certs = tmp_path_factory.mktemp("skopeo-certs-open")
+    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    layout = build_layout(tmp_path_factory.mktemp("oci-layout-open"), "v1", b"open mirror\n")
+    with Registry(tmp_path_factory.mktemp("registry-open"), auth="none", ca=ca) as registry:
+        push(layout, registry.host, "team/app", None, certs)
+        yield registry
