@@ -11,7 +11,9 @@ and the project's Kubernetes API test server with ``--latency`` seconds added to
 
 Scenarios: the first fill (creates), steady state and a full rotation (every registry), each at
 concurrency 1 and 16, then the daemon idle after a cycle, then the daemon reacting to Vault
-writes (``--react-only`` runs just that one). Prints Markdown, writes JSON, checks
+writes (``--react-only`` runs just that one), then the watch scenarios of bench/watch.py
+(``--watch-only``: repairs within 2 s, the steady state on an accelerated clock, RSS with the
+secrets cached). Prints Markdown, writes JSON, checks
 bench/budgets.json and exits 1 if a budget fails. See docs/scaling.md.
 """
 
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 import trustme  # noqa: E402
 
+from bench.watch import WatchBench, watch_budgets, watch_markdown  # noqa: E402
 from tests.support.httpcount import CountingProxy  # noqa: E402
 from tests.support.kubeproc import KubeAPIProcess  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
@@ -130,12 +133,13 @@ class Bench:
             self.logins.append(login)
 
     def config(self, concurrency: int, events: bool = False, list_secrets: bool = False,
-               **extra: dict[str, Any]) -> Path:
+               kube_extra: dict[str, Any] | None = None, **extra: dict[str, Any]) -> Path:
         return self.world.config(
             [login.spec() for login in self.logins],
             [{"namespace_selector": SELECTOR, "name": NAME, "create": True}],
             vault={"address": self.vault.url, **extra.pop("vault", {})},
-            kubernetes={"events": events, "timeout": "30s", "list_secrets": list_secrets},
+            kubernetes={"events": events, "timeout": "30s", "list_secrets": list_secrets,
+                        **(kube_extra or {})},
             probe={"timeout": "30s"}, sync={"concurrency": concurrency}, **extra)
 
     def measure(self, label: str, concurrency: int, profile: Path | None = None,
@@ -348,6 +352,27 @@ def react_only(bench: Bench, args: argparse.Namespace, limits: dict[str, Any]) -
     return 0 if all(ok for _, _, ok in checks) else 1
 
 
+def run_watch(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    """The watch scenarios (bench/watch.py): reactions first, then the accelerated steady state."""
+    wb = WatchBench(bench, NAME, syncer_cmd, ROOT)
+    reactions = wb.reactions(args.deletions, args.deletions, args.new_namespaces, args.rotations,
+                             args.poll)
+    return {"reactions": reactions, "steady": wb.steady(args.steady_seconds)}
+
+
+def watch_only(bench: Bench, args: argparse.Namespace, limits: dict[str, Any]) -> int:
+    report: dict[str, Any] = {"parameters": {"registries": args.registries, "targets": args.targets,
+                                             "kube_latency_seconds": args.latency, "cpus": os.cpu_count()},
+                              "watch": run_watch(bench, args)}
+    report["budgets"] = watch_budgets(report["watch"], {**limits, "targets": args.targets}, args.registries)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(watch_markdown(report["watch"]))
+    for name, measured, ok in report["budgets"]:
+        print(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
+    return 0 if all(ok for _, _, ok in report["budgets"]) else 1
+
+
 def markdown(report: dict[str, Any]) -> str:
     p = report["parameters"]
     lines = [f"## Benchmark: R = {p['registries']}, T = {p['targets']}, Kubernetes latency "
@@ -365,6 +390,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
     if report.get("react"):
         lines.append(react_markdown(report["react"]))
+    if report.get("watch"):
+        lines.append(watch_markdown(report["watch"]))
     if report.get("profile"):
         lines += ["", f"### Where c=16 rotation CPU goes (py-spy, {report['profile_scenario']})", "",
                   "| category | share of on-CPU samples |", "|---|---|"]
@@ -402,6 +429,13 @@ def main() -> int:
                         help="only the daemon reacting to Vault writes (the scenario's own budget)")
     parser.add_argument("--rotations", type=int, default=20, help="Vault writes timed by the react scenario")
     parser.add_argument("--poll", type=float, default=2.0, help="vault.poll_interval of the react scenario")
+    parser.add_argument("--watch-only", action="store_true",
+                        help="only the watch scenarios (bench/watch.py) and their budgets")
+    parser.add_argument("--deletions", type=int, default=10,
+                        help="secrets deleted (and entries edited) by someone else, each timed")
+    parser.add_argument("--new-namespaces", type=int, default=10, help="namespaces that start to match")
+    parser.add_argument("--steady-seconds", type=float, default=60.0,
+                        help="the steady window; x10 accelerated timers, so 60 s stand for 10 minutes")
     parser.add_argument("--baseline", default=str(ROOT / "bench" / "baseline.json"),
                         help="an earlier JSON result to compare with (default: the run of record)")
     args = parser.parse_args()
@@ -414,6 +448,8 @@ def main() -> int:
         bench.start_registries(stack)
         if args.react_only:
             return react_only(bench, args, limits)
+        if args.watch_only:
+            return watch_only(bench, args, limits)
         rows: dict[str, dict[str, Any]] = {}
         rows["first fill c=16"] = bench.measure("first fill", 16)
         for c in (1, 16):
@@ -446,8 +482,11 @@ def main() -> int:
                                           f"CPU {rows_prof['cpu_seconds']}s")
             report["profile"] = categorise(prof)
         report["react"] = bench.react(args.rotations, args.poll)
+        report["watch"] = run_watch(bench, args)  # last: it adds matching namespaces
         report["budgets"] = budgets(rows, report["daemon"], limits, args.registries, args.targets)
         report["budgets"] += react_budgets(report["react"], limits)
+        report["budgets"] += watch_budgets(report["watch"], {**limits, "targets": args.targets},
+                                           args.registries)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))

@@ -3,6 +3,7 @@
 
     python bench/soak.py [--cycles 1000] [--interval 50ms] [--fault-rate 0.10] [--max-seconds 300]
                          [--out results/soak.json]
+    python bench/soak.py --watch [...]    # the watch soak instead: bench/soak_watch.py
 
 Servers: a real OpenBao dev server and a real TLS + htpasswd ``docker-registry``, each behind a
 ``FaultProxy`` that gives each new connection a random fault (refuse, RST, response cut
@@ -78,6 +79,10 @@ def chooser(rate: float, modes: list[str]) -> Any:
 
 
 def main() -> int:
+    if "--watch" in sys.argv[1:]:
+        from bench.soak_watch import main as watch_main
+
+        return watch_main()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=1000)
     parser.add_argument("--interval", default="50ms")

@@ -105,9 +105,12 @@ def build_app(settings: Settings, env: Mapping[str, str], dry_run: bool, *, daem
     """
     stop = stop if stop is not None else threading.Event()
     api, source, prober = commands.build_clients(settings, env)
-    kube_api.size_connection_pool(api, settings.sync.concurrency)
     # Watches only serve a daemon: a one-shot run would wait for lists it reads once anyway.
     watching = Watching(api, settings.targets) if daemon and settings.kubernetes.watch else None
+    # Each open watch holds a pooled connection for minutes: without room for them, the workers'
+    # connections were discarded after use ("Connection pool is full"), one TLS handshake each.
+    streams = sum(2 if t.namespace_selector else 1 for t in settings.targets if not t.file)
+    kube_api.size_connection_pool(api, settings.sync.concurrency + (streams if watching else 0))
     store = kube.SecretStore(api, dry_run=dry_run, cache=watching)
     fanout = kube.FanOut(api, dry_run, cache=watching)
     recorder = (EventRecorder(api, settings.kubernetes, workers=settings.sync.concurrency)

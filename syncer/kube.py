@@ -44,6 +44,10 @@ class WatchCache(Protocol):
     def cached_namespaces(self, selector: str) -> list[str] | None:
         """The namespaces ``selector`` matches, or None when its watch is not synced."""
 
+    def writing(self, namespace: str, name: str, payload: bytes) -> None:
+        """The syncer is about to write ``payload`` as the secret's ``.dockerconfigjson``, so
+        that the watch can tell its own write from someone else's."""
+
 
 @dataclass(frozen=True)
 class SecretSnapshot:
@@ -229,6 +233,8 @@ class SecretStore:
         if self.dry_run:
             log.info("dry-run: would update secret %s", snapshot.ref)
             return
+        if self.cache is not None:
+            self.cache.writing(snapshot.namespace, snapshot.name, payload)
         try:
             send(self.api, "PATCH", api_path("secrets", snapshot.namespace, snapshot.name), body,
                    snapshot.ref, content_type=MERGE_PATCH)
@@ -255,6 +261,8 @@ class SecretStore:
         if self.dry_run:
             log.info("dry-run: would create secret %s", ref)
             return
+        if self.cache is not None:
+            self.cache.writing(namespace, name, payload)
         send(self.api, "POST", api_path("secrets", namespace), body, ref)
 
 

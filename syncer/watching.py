@@ -27,7 +27,7 @@ from syncer.informer import TargetWatches
 from syncer.kube_api import Api
 from syncer.kube_watch import WatchMode, WatchObserver, WatchSpec
 from syncer.scope import TargetKey
-from syncer.watch_react import WatchBridge
+from syncer.watch_react import OwnWrites, WatchBridge
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class Watching:
         """The last mode each watch reported, by ref."""
         self.ready = threading.Event()
         """Set once the bridge is armed (every watch listed or polling): changes are acted on."""
+        self.own = OwnWrites()
+        """Digests of what the syncer last wrote to each secret (``writing``)."""
 
     # ---- lifecycle (the daemon) --------------------------------------------------------------
 
@@ -82,7 +84,7 @@ class Watching:
         """Open the watches; the bridge arms on its own thread once they have listed."""
         if self._reactor is None:
             raise RuntimeError("Watching.connect(reactor) first")
-        bridge = WatchBridge(lambda: self.targets, self._reactor)
+        bridge = WatchBridge(lambda: self.targets, self._reactor, own=self.own)
         watches = TargetWatches(self.api, self.targets, on_secret=bridge.on_secret,
                                 on_namespace=bridge.on_namespace, on_mode=self._mode_changed,
                                 observer=self._observer, **self._options)
@@ -154,6 +156,10 @@ class Watching:
         if informer is None or not informer.synced:
             return False, None
         return True, informer.get(namespace, name)
+
+    def writing(self, namespace: str, name: str, payload: bytes) -> None:
+        """``kube.WatchCache.writing``: remembered, so the echo of this write is not a repair."""
+        self.own.record(namespace, name, payload)
 
     def cached_namespaces(self, selector: str) -> list[str] | None:
         """The namespaces matching ``selector`` from its synced watch, else None (LIST them)."""

@@ -405,3 +405,18 @@ def test_repeats_in_one_batch_aggregate_in_order(world: World, kube_admin_kubeco
     assert world.kube.count(verb="patch", resource="events") == 2
     failed = [e for e in world.kube.events(NS) if e["reason"] == "SyncFailed"]
     assert len(failed) == 1 and failed[0]["count"] == 3
+
+
+def test_kube_connection_pool_has_room_for_the_watches(world: World, ngc: dict[str, Any]) -> None:
+    """Each open watch holds a pooled connection for minutes; the pool keeps one more per worker,
+    else the workers' connections were discarded after use ("Connection pool is full") and each
+    request paid a new TLS handshake. A fixed target has one watch, a fan-out target two."""
+    targets = [{"namespace": NS, "name": NAME}, {"namespace_selector": "team=a", "name": "pull"}]
+
+    def pool_size(**kubernetes: Any) -> int:
+        config = world.config([reg(ngc)], targets, sync={"concurrency": 16}, kubernetes=kubernetes)
+        app = build_app(config_mod.load(config, {}), {}, dry_run=False, daemon=True)
+        return int(app.api.api_client.rest_client.pool_manager.connection_pool_kw["maxsize"])
+
+    assert pool_size() == 16 + 3
+    assert pool_size(watch=False) == 16

@@ -5,6 +5,8 @@ clock is faked where timing is the subject.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import signal
 import threading
@@ -536,3 +538,48 @@ def test_watch_bridge_repairs_deleted_and_drifted_secrets_and_serves_new_namespa
         watches.stop()
     for reason in ("secret_deleted", "entry_drifted", "namespace_matched"):
         assert registry.get_sample_value("syncer_repairs_total", {"reason": reason}) == 1, reason
+
+
+def test_relist_that_folds_the_syncers_write_and_a_foreign_edit_is_repaired(
+        world: World, logins: dict[str, Any]) -> None:
+    """Found by the watch soak (docs/soak.md): while a watch is down, the syncer writes a secret
+    (its ``last-write`` stamp moves) and then someone edits a managed entry keeping the
+    annotations. The relist after 410 shows one change whose stamp moved: by the stamp alone it
+    looked like the syncer's own write and was never repaired. The content is not what the
+    syncer wrote, so it is a repair."""
+    ngc = logins["ngc"]["host"]
+    app = app_for(world, logins, targets=[{"namespace": NS, "name": A, "registries": [ngc], "create": True}])
+    clock = FakeClock()
+    daemon, _ = faked(app, clock)
+    reactor, watching = daemon.reactor, app.watching
+    assert reactor is not None and watching is not None
+    assert app.syncer.run_once().ok
+    watching.connect(reactor)
+    watching.start()
+    try:
+        assert watching.ready.wait(10)
+        world.kube.add_fault(lambda r: r.resource == "secrets" and r.verb in ("watch", "list"),
+                             status=500, times=None)  # the watch cannot come back for now
+        world.kube.watches.drop()
+        until(lambda: world.kube.watches.open_count("secrets") == 0)
+        key = rotate(world, logins)
+        world.vault_put("alias", password=key)
+        time.sleep(1.1)  # last-write stamps are whole seconds: this write's stamp differs
+        summary = app.syncer.run_once()  # the syncer's write, unseen by the watch
+        assert summary.ok, [(t.outcome, t.detail) for t in summary.targets]
+        secret = world.kube.get_secret(NS, A)
+        doc = world.secret_doc(NS, A)
+        doc["auths"][ngc]["password"] = "edited-keeping-annotations"
+        secret["data"][".dockerconfigjson"] = base64.b64encode(json.dumps(doc).encode()).decode()
+        world.kube.put_object("secrets", NS, secret)  # someone else; the stamp stays the syncer's
+        world.kube.compact()  # the resume meets 410: the relist shows both writes as one change
+        world.kube.clear_faults()
+        until(lambda: reactor.due_in() is not None, timeout=15)  # after the relist
+        assert reactor.due_in() is not None, "the folded foreign edit was taken for the syncer's own"
+        clock.advance(1)
+        assert reactor.process(daemon.run_batch)
+        assert password(world, A, ngc) == key
+        time.sleep(0.3)
+        assert reactor.due_in() is None, "the repair's own echo triggers nothing"
+    finally:
+        watching.stop()

@@ -151,6 +151,9 @@ def test_conflict_from_a_stale_cache_is_re_read_with_a_get(world: World, ngc: di
         def cached_namespaces(self, selector: str) -> None:
             return None
 
+        def writing(self, namespace: str, name: str, payload: bytes) -> None:
+            pass
+
     app.syncer.store.cache = Frozen()
     doc["auths"]["other.example"] = {"username": "u", "password": "theirs"}
     world.put_dockerconfig(NS, A, doc)

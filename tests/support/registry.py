@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from tests.support.net import free_port, wait_for_port
+from tests.support.net import address_in_use, free_port, wait_for_port
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 SERVER_NAMES = ("127.0.0.1", "localhost")
@@ -180,7 +180,6 @@ class _HTTPBase:
     """A threaded HTTP(S) server on 127.0.0.1 that records requests."""
 
     def __init__(self, ca: trustme.CA | None) -> None:
-        self.port = free_port()
         context = None
         if ca is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -188,7 +187,8 @@ class _HTTPBase:
         self.tls = context is not None
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
-        self._server = _Server(self.port, context, self)
+        self._server = _Server(0, context, self)  # the kernel's port: no window for a clash
+        self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         daemon=True)
         self._thread.start()
@@ -503,19 +503,30 @@ class Registry:
         return config
 
     def start(self) -> Registry:
-        config_path = self.workdir / "config.yml"
-        config_path.write_text(json.dumps(self._config(), indent=2))  # JSON is valid YAML
-        with open(self.log_path, "ab") as log_file:
-            self._proc = subprocess.Popen(
-                [REGISTRY_BIN, "serve", str(config_path)],
-                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        """Start and wait until /v2/ answers; a port another process took meanwhile (the
+        registry exits with "address already in use") is replaced by a new one, up to 5 times."""
+        for attempt in range(5):
+            config_path = self.workdir / "config.yml"
+            config_path.write_text(json.dumps(self._config(), indent=2))  # JSON is valid YAML
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with open(self.log_path, "ab") as log_file:
+                self._proc = subprocess.Popen(
+                    [REGISTRY_BIN, "serve", str(config_path)],
+                    stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )
+            try:
+                self._wait_ready()
+                return self
+            except BaseException:
+                exited = self._proc is not None and self._proc.poll() is not None
+                self.stop()
+                with open(self.log_path, "rb") as log:
+                    log.seek(log_start)
+                    clash = address_in_use(log.read().decode(errors="replace"))
+                if not (exited and clash) or attempt == 4:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
