@@ -78,6 +78,16 @@ def chooser(rate: float, modes: list[str]) -> Any:
     return choose
 
 
+def finish(result: dict[str, Any], checks: dict[str, bool], out: str | None) -> int:
+    """Print the result with its checks (and write it to ``out``); 0 when every check holds."""
+    result["checks"] = checks
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return 0 if all(checks.values()) else 1
+
+
 def main() -> int:
     if "--watch" in sys.argv[1:]:
         from bench.soak_watch import main as watch_main
@@ -220,12 +230,7 @@ def main() -> int:
             "tokens flat": bool(end) and end["tokens"] <= warm["tokens"],
             "one Vault login": logins == 1,
         }
-        result["checks"] = checks
-        print(json.dumps(result, indent=2))
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=2))
-        return 0 if all(checks.values()) else 1
+        return finish(result, checks, args.out)
     finally:
         stop_dropper.set()
         if proc is not None and proc.poll() is None:

@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 import trustme  # noqa: E402
 
+from bench.soak import finish  # noqa: E402
 from tests.support.kubeapi import KubeAPIServer  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.scale import USER, Login, registries, rotate  # noqa: E402
@@ -275,12 +276,7 @@ def report(soak: Soak, rounds: list[dict[str, Any]], warm: dict[str, int], end: 
         "fds flat": bool(end) and end["fds"] <= warm["fds"] + 2,
         "threads flat": bool(end) and end["threads"] <= warm["threads"] + 1,
     }
-    result["checks"] = checks
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
-    return 0 if all(checks.values()) else 1
+    return finish(result, checks, args.out)
 
 
 if __name__ == "__main__":

@@ -152,10 +152,15 @@ def _leak_check(world: World, registry: TokenRegistry) -> None:
     world.assert_no_leak("\n".join(world.outputs), "CLI output (passwords and registry tokens)")
 
 
+def _sync_rotated(world: World, registry: TokenRegistry, spec: dict[str, Any]) -> Any:
+    """Rotate the robot's password, then one ``--once`` run for the one target."""
+    _rotate(world, registry, spec)
+    return world.run(world.config([_spec(spec)], [{"namespace": NS, "name": NAME}]))
+
+
 def test_sync_ok_canary_writes(world: World, acl_registry: TokenRegistry) -> None:
     spec = _harbor(world, acl_registry.host, "team/app:v1")
-    _rotate(world, acl_registry, spec)
-    result = world.run(world.config([_spec(spec)], [{"namespace": NS, "name": NAME}]))
+    result = _sync_rotated(world, acl_registry, spec)
     assert result.code == 0, result.out
     assert "canary team/app:v1: pull verified" in result.out
     assert world.secret_doc(NS, NAME)["auths"][acl_registry.host]["password"] == spec["_password"]
@@ -164,8 +169,7 @@ def test_sync_ok_canary_writes(world: World, acl_registry: TokenRegistry) -> Non
 
 def test_sync_all_canaries_denied_is_rejected(world: World, acl_registry: TokenRegistry) -> None:
     spec = _harbor(world, acl_registry.host, "other/secret:v1")
-    _rotate(world, acl_registry, spec)
-    result = world.run(world.config([_spec(spec)], [{"namespace": NS, "name": NAME}]))
+    result = _sync_rotated(world, acl_registry, spec)
     assert result.code == 1, result.out
     line = next(x for x in result.out.splitlines() if x.startswith(f"registry {acl_registry.host}"))
     assert "rejected" in line and "other/secret:v1" in line and "no pull access" in line
@@ -176,8 +180,7 @@ def test_sync_all_canaries_denied_is_rejected(world: World, acl_registry: TokenR
 
 def test_sync_stale_canary_writes_with_warning(world: World, acl_registry: TokenRegistry) -> None:
     spec = _harbor(world, acl_registry.host, "team/gone:v1")
-    _rotate(world, acl_registry, spec)
-    result = world.run(world.config([_spec(spec)], [{"namespace": NS, "name": NAME}]))
+    result = _sync_rotated(world, acl_registry, spec)
     assert result.code == 0, result.out
     assert "canary team/gone:v1: WARNING not found" in result.out
     assert world.secret_doc(NS, NAME)["auths"][acl_registry.host]["password"] == spec["_password"]

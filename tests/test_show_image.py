@@ -12,13 +12,18 @@ from tests.support.world import World
 pytest_plugins = ["tests.support.operator_fixtures"]  # the world fixture
 
 
-def test_show_image_names_the_entry_kubelet_uses(world: World, htpasswd_registry: Any) -> None:
-    ngc = ngc_login(world, htpasswd_registry)
-    host = ngc["host"]
+def _synced(world: World, registry: Any) -> tuple[str, Any]:
+    """Domino's secret synced with the NGC login: (the registry host, the config)."""
+    ngc = ngc_login(world, registry)
     domino_secret(world)
     config = world.config([{k: v for k, v in ngc.items() if not k.startswith("_")}],
                           [{"namespace": NS, "name": NAME}])
     assert world.run(config).code == 0
+    return ngc["host"], config
+
+
+def test_show_image_names_the_entry_kubelet_uses(world: World, htpasswd_registry: Any) -> None:
+    host, config = _synced(world, htpasswd_registry)
     # Someone adds a more specific entry for one repository path by hand: kubelet prefers it.
     doc = world.secret_doc(NS, NAME)
     doc["auths"][f"{host}/team"] = {"username": "hand-made", "password": "x", "auth": "aGFuZC1tYWRlOng="}
@@ -59,12 +64,7 @@ def test_show_image_for_a_service_account_combines_its_pull_secrets(world: World
     """Kubelet merges a pod's pull secrets (the ServiceAccount's, in order) into one keyring: the
     most specific key wins across secrets; for the same key the earlier secret is tried first;
     a listed secret that does not exist is skipped."""
-    ngc = ngc_login(world, htpasswd_registry)
-    host = ngc["host"]
-    domino_secret(world)
-    config = world.config([{k: v for k, v in ngc.items() if not k.startswith("_")}],
-                          [{"namespace": NS, "name": NAME}])
-    assert world.run(config).code == 0
+    host, config = _synced(world, htpasswd_registry)
     hand = {"username": "hand-made", "password": "x", "auth": "aGFuZC1tYWRlOng="}
     world.put_dockerconfig(NS, "early", {"auths": {host: hand}})
     world.put_dockerconfig(NS, "specific", {"auths": {f"{host}/nvidia": hand}})
